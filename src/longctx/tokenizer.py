@@ -1,0 +1,185 @@
+"""Tokenizers: load any HF tokenizer (folder or .gguf file) and count tokens exactly as the model sees them.
+
+Exact counting of every full prompt is too slow for sweeps (a 16K prompt costs ~30 ms; the
+13 RULER tasks x 5 lengths x 500 samples is 200M tokens). `PieceCounter` instead counts a prompt
+as a sum of memoised *in-context* piece counts: the tokens a piece adds when appended to the
+text on its left. That sum is exact whenever tokenization is local at piece junctions, which
+holds for pre-tokenized BPE/Unigram tokenizers; the generator verifies it against a full
+encode (see tasks/base.py) and falls back to full counting where it does not hold.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from .errors import UsageError
+
+# Left context kept when a junction is not provably context-free (see PieceCounter.key).
+TAIL_CHARS = 16
+ANCHOR = "x"
+# Digits in a left tail are keyed as 0: a digit run is its own pre-token, so which digits precede
+# a junction does not change how the piece after it tokenizes (document numbers, needle values).
+_DIGITS_AS_ZERO = str.maketrans("123456789", "000000000")
+
+
+class Tokenizer:
+    """A thin wrapper over a transformers tokenizer that fixes *how* prompts are encoded.
+
+    A prompt is encoded with the tokenizer's special tokens (BOS...) unless its text already
+    starts with the BOS token (a chat template that writes `<|begin_of_text|>`), so counts
+    match what an inference backend feeds the model, without a double BOS.
+    """
+
+    def __init__(self, hf_tokenizer, name: str):
+        self.hf = hf_tokenizer
+        self.name = name
+        self._backend = getattr(hf_tokenizer, "backend_tokenizer", None)
+        self.bos_text = hf_tokenizer.bos_token if isinstance(hf_tokenizer.bos_token, str) else None
+        probe = "x"
+        self._special_overhead = len(hf_tokenizer(probe, add_special_tokens=True)["input_ids"]) - len(
+            hf_tokenizer(probe, add_special_tokens=False)["input_ids"]
+        )
+        self.fingerprint = _fingerprint(hf_tokenizer)
+
+    @property
+    def chat_template(self) -> str | None:
+        return getattr(self.hf, "chat_template", None)
+
+    def adds_special_tokens(self, text: str) -> bool:
+        return not (self.bos_text and text.startswith(self.bos_text))
+
+    def special_overhead(self, text: str) -> int:
+        """Tokens the encoder adds around `text` (BOS/EOS of the post-processor)."""
+        return self._special_overhead if self.adds_special_tokens(text) else 0
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids exactly as a backend will feed them to the model."""
+        return self.hf(text, add_special_tokens=self.adds_special_tokens(text))["input_ids"]
+
+    def count(self, text: str) -> int:
+        return len(self.encode(text))
+
+    def count_raw_many(self, texts: Sequence[str]) -> list[int]:
+        """Token counts without special tokens, batched through the Rust backend when there is one."""
+        if not texts:
+            return []
+        if self._backend is not None:
+            encode = getattr(self._backend, "encode_batch_fast", self._backend.encode_batch)
+            return [len(e.ids) for e in encode(list(texts), add_special_tokens=False)]
+        return [len(self.hf(t, add_special_tokens=False)["input_ids"]) for t in texts]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.hf.decode(ids, skip_special_tokens=True)
+
+
+def _fingerprint(hf_tokenizer) -> str:
+    """Hash of everything that changes token counts: vocab/merges/normalizer, specials, chat template."""
+    h = hashlib.sha256()
+    backend = getattr(hf_tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        h.update(backend.to_str().encode())
+    else:  # slow tokenizer: the vocabulary is the best stand-in we have
+        h.update(repr(sorted(hf_tokenizer.get_vocab().items())).encode())
+    h.update(repr(hf_tokenizer.all_special_tokens).encode())
+    h.update(repr(getattr(hf_tokenizer, "chat_template", None)).encode())
+    h.update(repr(hf_tokenizer("x", add_special_tokens=True)["input_ids"]).encode())
+    return h.hexdigest()[:16]
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("LONGCTX_CACHE", Path.home() / ".cache" / "longctx"))
+
+
+def load_tokenizer(path: str | os.PathLike, cache_dir: Path | None = None) -> Tokenizer:
+    """Load a tokenizer from a local HF folder or a `.gguf` file.
+
+    Converting a GGUF vocabulary takes seconds, so the converted tokenizer is saved under the
+    cache, keyed by the file's sha256, and reloaded from there next time.
+    """
+    from transformers import AutoTokenizer
+
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise UsageError(f"tokenizer not found: {p} (give a local tokenizer folder or a .gguf file)")
+    if p.is_file() and p.suffix == ".gguf":
+        cache = (cache_dir or default_cache_dir()) / "tokenizers" / _file_sha256(p)[:16]
+        if not (cache / "tokenizer_config.json").exists():
+            hf = AutoTokenizer.from_pretrained(str(p.parent), gguf_file=p.name)
+            cache.mkdir(parents=True, exist_ok=True)
+            hf.save_pretrained(str(cache))
+        return Tokenizer(AutoTokenizer.from_pretrained(str(cache)), name=p.name)
+    if p.is_dir():
+        return Tokenizer(AutoTokenizer.from_pretrained(str(p)), name=p.name)
+    raise UsageError(f"unsupported tokenizer path: {p} (expected a folder or a .gguf file)")
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+class PieceCounter:
+    """Counts a prompt given as pieces, from memoised in-context piece counts.
+
+    A piece that starts with one space followed by a non-space, placed after a non-space, is
+    context-free for pre-tokenized tokenizers (the space always opens a new pre-token), so it is
+    memoised by its text alone. Any other junction is memoised with the last TAIL_CHARS of its
+    left neighbour (digits keyed as 0), and counted as tokens(tail + piece) - tokens(tail).
+    """
+
+    def __init__(self, tokenizer: Tokenizer):
+        self.tok = tokenizer
+        self._memo: dict = {}
+
+    @staticmethod
+    def key(prev: str, piece: str):
+        if not prev:
+            return ("", piece)
+        if len(piece) > 1 and piece[0] == " " and not piece[1].isspace() and not prev[-1].isspace():
+            return piece
+        return (prev[-TAIL_CHARS:].translate(_DIGITS_AS_ZERO), piece)
+
+    def _measure(self, keys: Iterable) -> None:
+        missing = list(dict.fromkeys(k for k in keys if k not in self._memo))
+        if not missing:
+            return
+        texts, bases = [], []
+        for k in missing:
+            if isinstance(k, str):
+                texts.append(ANCHOR + k)
+                bases.append(ANCHOR)
+            else:
+                texts.append(k[0] + k[1])
+                bases.append(k[0])
+        full = self.tok.count_raw_many(texts)
+        base_counts = dict(zip(set(bases), self.tok.count_raw_many(list(set(bases)))))
+        for k, n, b in zip(missing, full, bases):
+            self._memo[k] = n - base_counts[b] if b else n
+
+    def total(self, pieces: Sequence[str]) -> int:
+        """Token count of "".join(pieces) as encoded for the model (special tokens included)."""
+        keys = [self.key(prev, piece) for prev, piece in zip(("",) + tuple(pieces[:-1]), pieces)]
+        memo = self._memo
+        try:
+            n = sum(memo[k] for k in keys)
+        except KeyError:
+            self._measure(keys)
+            n = sum(memo[k] for k in keys)
+        return n + self.tok.special_overhead(pieces[0] if pieces else "")
+
+    def count_each(self, pieces: Sequence[str], prev: str = ".") -> list[int]:
+        """In-context counts of pieces that will each follow text ending like `prev`."""
+        keys = [self.key(prev, p) for p in pieces]
+        self._measure(keys)
+        return [self._memo[k] for k in keys]
+
+    def forget(self, keep: int = 200_000) -> None:
+        """Bound memory: drop the memo when it grows past `keep` entries (counts are recomputed)."""
+        if len(self._memo) > keep:
+            self._memo.clear()
