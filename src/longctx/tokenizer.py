@@ -89,6 +89,22 @@ def _fingerprint(hf_tokenizer) -> str:
     return h.hexdigest()[:16]
 
 
+def _digit_runs_isolated(tok: Tokenizer) -> bool:
+    """True when the pre-tokenizer always cuts digit runs from their neighbours, so which digits
+    precede a junction cannot change how the text after it tokenizes (GPT-2/Llama-3 style regexes;
+    not Metaspace, which cuts on spaces only)."""
+    backend = tok._backend
+    pre = getattr(backend, "pre_tokenizer", None) if backend is not None else None
+    if pre is None:
+        return False
+    probe = "is: 1234567.\nOne 3:\nThe (42), x9y 7-8."
+    for piece, _ in pre.pre_tokenize_str(probe):
+        digits = sum(c.isdigit() for c in piece)
+        if digits and digits != len(piece.strip(" \u0120\u2581")):
+            return False
+    return True
+
+
 def default_cache_dir() -> Path:
     return Path(os.environ.get("LONGCTX_CACHE", Path.home() / ".cache" / "longctx"))
 
@@ -136,14 +152,19 @@ class PieceCounter:
     def __init__(self, tokenizer: Tokenizer):
         self.tok = tokenizer
         self._memo: dict = {}
+        self._digits = None if _digit_runs_isolated(tokenizer) else {}
 
-    @staticmethod
-    def key(prev: str, piece: str):
+    def key(self, prev: str, piece: str):
         if not prev:
             return ("", piece)
         if len(piece) > 1 and piece[0] == " " and not piece[1].isspace() and not prev[-1].isspace():
             return piece
-        return (prev[-TAIL_CHARS:].translate(_DIGITS_AS_ZERO), piece)
+        tail = prev[-TAIL_CHARS:]
+        if len(prev) > TAIL_CHARS and tail[0] != " ":  # extend to a word start: some pre-tokenizers split on spaces only
+            sp = prev.rfind(" ", max(0, len(prev) - 4 * TAIL_CHARS), len(prev) - TAIL_CHARS)
+            if sp >= 0:
+                tail = prev[sp:]
+        return (tail.translate(_DIGITS_AS_ZERO if self._digits is None else self._digits), piece)
 
     def _measure(self, keys: Iterable) -> None:
         missing = list(dict.fromkeys(k for k in keys if k not in self._memo))
@@ -164,7 +185,8 @@ class PieceCounter:
 
     def total(self, pieces: Sequence[str]) -> int:
         """Token count of "".join(pieces) as encoded for the model (special tokens included)."""
-        keys = [self.key(prev, piece) for prev, piece in zip(("",) + tuple(pieces[:-1]), pieces)]
+        key = self.key
+        keys = [key(prev, piece) for prev, piece in zip(("",) + tuple(pieces[:-1]), pieces)]
         memo = self._memo
         try:
             n = sum(memo[k] for k in keys)

@@ -8,6 +8,7 @@ steps: no loop here can spin forever.
 
 from __future__ import annotations
 
+import bisect
 import random
 import re
 from dataclasses import dataclass, field
@@ -187,7 +188,7 @@ def fit_size(build: Callable[[int], Draft], lo: int, hi: int, hint: int, budget:
     return good, good_d
 
 
-def best_fill(chosen: list[int], pool: list[int], gap: int, rounds: int = 32) -> tuple[list[int], list[int]]:
+def best_fill(chosen: list[int], pool: list[int], gap: int, rounds: int = 64) -> tuple[list[int], list[int]]:
     """Grow a selection of variable-size units towards a token gap without exceeding it.
 
     `chosen` and `pool` are unit sizes; returns (pool indices to add, swaps as a flat list
@@ -212,30 +213,40 @@ def best_fill(chosen: list[int], pool: list[int], gap: int, rounds: int = 32) ->
 
 
 def _swap_towards(chosen: list[int], pool: list[int], added: list[int], gap: int, rounds: int):
-    """Swap chosen units for pool units to bring `gap` (room left, may start negative) to just >= 0."""
-    sizes, used, swaps = list(chosen), set(added), []
+    """Swap chosen units for pool units to bring `gap` (room left, may start negative) to just >= 0.
+
+    Each round takes, over all chosen units, the swap that lands closest to a full fit: when
+    there is room, the largest gain that still fits; when over, the smallest cut that fits, else
+    the largest cut. Pool units are bucketed by size, so a round is O(chosen x log sizes).
+    """
+    buckets: dict[int, list[int]] = {}
+    for j, ps in enumerate(pool):
+        if j not in added:
+            buckets.setdefault(ps, []).append(j)
+    sizes, swaps = list(chosen), []
     for _ in range(rounds):
         if gap == 0:
             break
-        best = None
+        keys = sorted(k for k, v in buckets.items() if v)
+        best = None  # (rank, i, pool size)
         for i, cs in enumerate(sizes):
-            for j, ps in enumerate(pool):
-                if j in used:
-                    continue
-                gain = ps - cs  # tokens the swap adds
-                ok = gain <= gap
-                # Overshooting: any swap that reduces helps; fitting: the largest gain that still fits.
-                rank = (ok, gain) if gap >= 0 else (ok, gain if ok else -gain)
-                if (gap >= 0 and 0 < gain <= gap) or (gap < 0 and gain < 0):
-                    if best is None or rank > best[0]:
-                        best = (rank, i, j, gain)
+            k = bisect.bisect_right(keys, cs + gap) - 1  # largest pool size that still fits
+            if k >= 0 and keys[k] != cs and (gap < 0 or keys[k] > cs):
+                rank = (1, keys[k] - cs)
+            elif gap < 0 and keys and keys[0] < cs:
+                rank = (0, cs - keys[0])  # does not fit yet: cut as much as possible
+                k = 0
+            else:
+                continue
+            if best is None or rank > best[0]:
+                best = (rank, i, keys[k])
         if best is None:
             break
-        _, i, j, gain = best
+        _, i, ps = best
+        j = buckets[ps].pop()
         swaps += [i, j]
-        used.add(j)
-        sizes[i] = pool[j]
-        gap -= gain
+        gap -= ps - sizes[i]
+        sizes[i] = ps
     return added, swaps, gap
 
 

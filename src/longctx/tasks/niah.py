@@ -79,10 +79,14 @@ def generate(spec: TaskSpec, length: int, ttg: int, index: int, rng: random.Rand
     depths = _depths(p, len(needles), rng)
     if p["haystack"] == "essay":
         essays = load_essays(ctx.data.essays_path())
-        start = 0 if ctx.compat else rng.randrange(len(essays.sentences))
+        starts = [0 if ctx.compat else rng.randrange(len(essays.sentences))]
+        # A window can end at a huge "word" (a URL, a code line) that adds 100+ tokens at once;
+        # then a new window start is drawn, at most a few times.
+        starts += [rng.randrange(len(essays.sentences)) for _ in range(7)]
+        start_box = [starts[0]]
 
         def build(n: int) -> Draft:
-            sents = _essay_sentences(essays, start, n)
+            sents = _essay_sentences(essays, start_box[0], n)
             return _assemble(ctx, head, tail, prefix, sents, needles, depths, " ", targets, meta, ctx.compat)
 
         n_max = max(1, 3 * length)  # words; essay tokens/word is ~1.3, so 3 words/token is a safe ceiling
@@ -97,8 +101,17 @@ def generate(spec: TaskSpec, length: int, ttg: int, index: int, rng: random.Rand
     hint = state.get("hint") or _probe_hint(build, budget)
     n, draft = fit_size(build, 0, n_max, hint, budget, what)
     state["hint"] = n
-    if p["haystack"] == "needle" and draft.tokens + ttg < 0.97 * length:
-        draft = _top_up(ctx, pool, n, build, draft, budget)
+    if p["haystack"] == "essay":
+        for start in starts[1:]:
+            if draft.tokens + ttg >= 0.97 * length:
+                break
+            start_box[0] = start
+            n, draft = fit_size(build, 0, n_max, n, budget, what)
+    if p["haystack"] == "needle":
+        for spares in (32, 128):
+            if draft.tokens + ttg >= 0.97 * length:
+                break
+            draft = _top_up(ctx, pool, n, build, draft, budget, spares)
     check_fill(draft, budget, length, ttg, what)
     return draft
 
@@ -174,10 +187,9 @@ class _Pool:
         self._lines[chosen_idx], self._lines[spare_idx] = self._lines[spare_idx], self._lines[chosen_idx]
 
 
-def _top_up(ctx: GenContext, pool: _Pool, n: int, build, draft: Draft, budget: int) -> Draft:
+def _top_up(ctx: GenContext, pool: _Pool, n: int, build, draft: Draft, budget: int, spares: int) -> Draft:
     """Large distractor lines (two UUIDs) can leave more than 3 % unused at 1K: add a spare line
     that fits, or swap lines for longer spares, then keep the result only if it still fits."""
-    spares = 48
     lines = pool.lines(n + spares)
     sizes = ctx.counter.count_each(["\n" + line for line in lines])
     added, swaps = best_fill(sizes[:n], sizes[n:], budget - draft.tokens)

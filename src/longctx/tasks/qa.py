@@ -44,8 +44,9 @@ def generate(spec: TaskSpec, length: int, ttg: int, index: int, rng: random.Rand
     budget = length - ttg
     what = f"{spec.name}@{length}"
     cost = lambda ids: ctx.counter.count_each(["\n" + ds.docs[d] for d in ids], prev=HEADER)  # noqa: E731
-    header = ctx.counter.count_each([f"\n\nDocument {len(ds.docs)}:"], prev="x.")[0]  # an upper bound per doc
     room = budget - ctx.count([head, tail, prefix])
+    docs_guess = len(item.context) + room // 100  # headers cost a few tokens more with more digits
+    header = ctx.counter.count_each([f"\n\nDocument {docs_guess}:"], prev="x.")[0]
     chosen = list(required)
     used = sum(cost(chosen)) + header * len(chosen)
     if used > room:
@@ -63,18 +64,35 @@ def generate(spec: TaskSpec, length: int, ttg: int, index: int, rng: random.Rand
         pos += 1
     rest = candidates[pos: pos + 256]
     extra = chosen[len(required):]
-    added, swaps = best_fill([c + header for c in cost(extra)], [c + header for c in cost(rest)], room - used)
-    for i, j in zip(swaps[::2], swaps[1::2]):
-        extra[i] = rest[j]
-    order = required + extra + [rest[j] for j in added]
-    (ctx.fixed_rng() if ctx.compat else rng).shuffle(order)
-    meta = dict(dataset=ds.name, question_index=index, num_docs=len(order),
-                gold_slots=[order.index(d) + 1 for d in required])
-    d = ctx.draft([head], _context(ds, order), [tail], prefix, item.outputs, meta)
-    while d.tokens > budget and len(order) > len(required):  # header bound was loose: drop a distractor
-        order.remove(next(x for x in reversed(order) if x not in required))
-        meta["num_docs"], meta["gold_slots"] = len(order), [order.index(g) + 1 for g in required]
-        d = ctx.draft([head], _context(ds, order), [tail], prefix, item.outputs, meta)
+    perm_rng = ctx.fixed_rng() if ctx.compat else random.Random(rng.getrandbits(64))
+    perm_seed = perm_rng.getrandbits(64)
+
+    def build(extra_docs: list[int]) -> Draft:
+        order = required + extra_docs
+        random.Random(perm_seed).shuffle(order)
+        meta = dict(dataset=ds.name, question_index=index, num_docs=len(order),
+                    gold_slots=[order.index(g) + 1 for g in required])
+        return ctx.draft([head], _context(ds, order), [tail], prefix, item.outputs, meta)
+
+    d = build(extra)
+    for _ in range(3):  # top up with the real token count (headers were estimated)
+        if d.tokens <= budget and d.tokens + ttg >= 0.97 * length:
+            break
+        if d.tokens > budget:
+            if not extra:
+                break
+            extra = extra[:-1]
+        else:
+            spare = [r for r in rest if r not in extra]
+            added, swaps = best_fill([c + header for c in cost(extra)], [c + header for c in cost(spare)],
+                                     budget - d.tokens)
+            for i, j in zip(swaps[::2], swaps[1::2]):
+                extra[i] = spare[j]
+            extra = extra + [spare[j] for j in added]
+        d = build(extra)
+    while d.tokens > budget and extra:  # never over budget: drop distractors
+        extra = extra[:-1]
+        d = build(extra)
     check_fill(d, budget, length, ttg, what)
     return d
 
