@@ -152,7 +152,8 @@ class PieceCounter:
     def __init__(self, tokenizer: Tokenizer):
         self.tok = tokenizer
         self._memo: dict = {}
-        self._digits = None if _digit_runs_isolated(tokenizer) else {}
+        # How digits in a left tail are keyed: as 0 where digit runs are their own pre-tokens.
+        self._tail_table = _DIGITS_AS_ZERO if _digit_runs_isolated(tokenizer) else {}
 
     def key(self, prev: str, piece: str):
         if not prev:
@@ -164,7 +165,7 @@ class PieceCounter:
             sp = prev.rfind(" ", max(0, len(prev) - 4 * TAIL_CHARS), len(prev) - TAIL_CHARS)
             if sp >= 0:
                 tail = prev[sp:]
-        return (tail.translate(_DIGITS_AS_ZERO if self._digits is None else self._digits), piece)
+        return (tail.translate(self._tail_table), piece)
 
     def _measure(self, keys: Iterable) -> None:
         missing = list(dict.fromkeys(k for k in keys if k not in self._memo))

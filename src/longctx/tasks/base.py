@@ -273,11 +273,16 @@ def make_sample(spec: TaskSpec, length: int, index: int, draft: Draft, ctx: GenC
     return Sample(sid, spec.name, length, index, prompt, prefix, draft.targets, ttg, metric, meta)
 
 
+def filled(draft: Draft, length: int, ttg: int) -> bool:
+    """Prompt + generation reach the 97 % floor."""
+    return draft.tokens + ttg >= MIN_FILL * length
+
+
 def check_fill(draft: Draft, budget: int, length: int, ttg: int, what: str) -> None:
     """Enforce the [97 %, 100 %] window on prompt + generation tokens."""
     if draft.tokens > budget:
         raise FitError(f"{what}: {draft.tokens} prompt tokens exceed the budget of {budget}")
-    if draft.tokens + ttg < MIN_FILL * length:
+    if not filled(draft, length, ttg):
         raise FitError(
             f"{what}: could only reach {draft.tokens + ttg} of {length} tokens "
             f"({(draft.tokens + ttg) / length:.1%} < {MIN_FILL:.0%})"

@@ -13,7 +13,7 @@ from typing import Any
 
 from ..corpora import load_essays, load_words
 from ..errors import UsageError
-from .base import Draft, GenContext, TaskSpec, best_fill, check_fill, fit_size
+from .base import Draft, GenContext, TaskSpec, best_fill, check_fill, filled, fit_size
 
 NOISE = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."
 NEEDLE = "One of the special magic {type_v} for {key} is: {value}."
@@ -83,11 +83,14 @@ def generate(spec: TaskSpec, length: int, ttg: int, index: int, rng: random.Rand
         # A window can end at a huge "word" (a URL, a code line) that adds 100+ tokens at once;
         # then a new window start is drawn, at most a few times.
         starts += [rng.randrange(len(essays.sentences)) for _ in range(7)]
-        start_box = [starts[0]]
 
-        def build(n: int) -> Draft:
-            sents = _essay_sentences(essays, start_box[0], n)
-            return _assemble(ctx, head, tail, prefix, sents, needles, depths, " ", targets, meta, ctx.compat)
+        def essay_build(start: int):
+            def build(n: int) -> Draft:
+                sents = _essay_sentences(essays, start, n)
+                return _assemble(ctx, head, tail, prefix, sents, needles, depths, " ", targets, meta, ctx.compat)
+            return build
+
+        build = essay_build(starts[0])
 
         n_max = max(1, 3 * length)  # words; essay tokens/word is ~1.3, so 3 words/token is a safe ceiling
     else:
@@ -103,13 +106,12 @@ def generate(spec: TaskSpec, length: int, ttg: int, index: int, rng: random.Rand
     state["hint"] = n
     if p["haystack"] == "essay":
         for start in starts[1:]:
-            if draft.tokens + ttg >= 0.97 * length:
+            if filled(draft, length, ttg):
                 break
-            start_box[0] = start
-            n, draft = fit_size(build, 0, n_max, n, budget, what)
+            n, draft = fit_size(essay_build(start), 0, n_max, n, budget, what)
     if p["haystack"] == "needle":
         for spares in (32, 128):
-            if draft.tokens + ttg >= 0.97 * length:
+            if filled(draft, length, ttg):
                 break
             draft = _top_up(ctx, pool, n, build, draft, budget, spares)
     check_fill(draft, budget, length, ttg, what)

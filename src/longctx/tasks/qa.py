@@ -12,7 +12,7 @@ import random
 
 from ..corpora import QADataset, load_hotpotqa, load_squad
 from ..errors import FitError, UsageError
-from .base import Draft, GenContext, TaskSpec, best_fill, check_fill
+from .base import Draft, GenContext, TaskSpec, best_fill, check_fill, filled
 
 DATASETS = ("squad", "hotpotqa")
 HEADER = "\n\nDocument 1:"  # documents are keyed with this left context (digits count as 0)
@@ -76,7 +76,7 @@ def generate(spec: TaskSpec, length: int, ttg: int, index: int, rng: random.Rand
 
     d = build(extra)
     for _ in range(3):  # top up with the real token count (headers were estimated)
-        if d.tokens <= budget and d.tokens + ttg >= 0.97 * length:
+        if d.tokens <= budget and filled(d, length, ttg):
             break
         if d.tokens > budget:
             if not extra:
