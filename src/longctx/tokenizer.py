@@ -109,8 +109,9 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("LONGCTX_CACHE", Path.home() / ".cache" / "longctx"))
 
 
-def load_tokenizer(path: str | os.PathLike, cache_dir: Path | None = None) -> Tokenizer:
-    """Load a tokenizer from a local HF folder or a `.gguf` file.
+def load_tokenizer(path: str | os.PathLike, cache_dir: Path | None = None, trust_remote_code: bool = False) -> Tokenizer:
+    """Load a tokenizer from a local HF folder, a `.gguf` file, or a hub id (`org/name`, which
+    needs the hub or a populated HF cache).
 
     Converting a GGUF vocabulary takes seconds, so the converted tokenizer is saved under the
     cache, keyed by the file's sha256, and reloaded from there next time.
@@ -118,8 +119,6 @@ def load_tokenizer(path: str | os.PathLike, cache_dir: Path | None = None) -> To
     from transformers import AutoTokenizer
 
     p = Path(path).expanduser()
-    if not p.exists():
-        raise UsageError(f"tokenizer not found: {p} (give a local tokenizer folder or a .gguf file)")
     if p.is_file() and p.suffix == ".gguf":
         cache = (cache_dir or default_cache_dir()) / "tokenizers" / _file_sha256(p)[:16]
         if not (cache / "tokenizer_config.json").exists():
@@ -128,8 +127,21 @@ def load_tokenizer(path: str | os.PathLike, cache_dir: Path | None = None) -> To
             hf.save_pretrained(str(cache))
         return Tokenizer(AutoTokenizer.from_pretrained(str(cache)), name=p.name)
     if p.is_dir():
-        return Tokenizer(AutoTokenizer.from_pretrained(str(p)), name=p.name)
-    raise UsageError(f"unsupported tokenizer path: {p} (expected a folder or a .gguf file)")
+        return Tokenizer(AutoTokenizer.from_pretrained(str(p), trust_remote_code=trust_remote_code), name=p.name)
+    if p.exists():
+        raise UsageError(f"unsupported tokenizer path: {p} (expected a folder or a .gguf file)")
+    if _looks_like_hub_id(str(path)):
+        try:
+            hf = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+        except OSError as e:
+            raise UsageError(f"cannot load tokenizer {path} from the hub or its cache: {str(e).splitlines()[0]}") from None
+        return Tokenizer(hf, name=str(path))
+    raise UsageError(f"tokenizer not found: {p} (give a local tokenizer folder, a .gguf file or a hub id)")
+
+
+def _looks_like_hub_id(text: str) -> bool:
+    parts = text.split("/")
+    return len(parts) == 2 and all(parts) and not text.startswith((".", "~"))
 
 
 def _file_sha256(path: Path) -> str:

@@ -1,0 +1,68 @@
+"""Model backends, loaded lazily by name.
+
+The registry is a plain `name -> "module:Class"` map: a backend's heavy dependencies are imported
+only when it is named, and a missing one gives a one-line install hint.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from dataclasses import dataclass
+
+from ..errors import UsageError
+from .base import Completion, GenParams, ModelAdapter, failed, over_budget
+
+
+@dataclass(frozen=True)
+class Backend:
+    target: str  # "module:Class"
+    needs: tuple[str, ...]  # importable modules
+    extra: str  # the pip extra that installs them
+    about: str
+
+
+BACKENDS: dict[str, Backend] = {
+    "hf": Backend("longctx.models.hf:HFModel", ("torch", "transformers", "accelerate"), "hf",
+                  "transformers: any causal LM from a local folder or a .gguf file (CPU or GPU)"),
+    "mamba_ssm": Backend("longctx.models.mamba_ssm:MambaSSMModel", ("torch", "transformers"), "hf",
+                         "state-spaces mamba_ssm checkpoints (mamba2, mamba2attn, transformerpp) without CUDA"),
+    "gguf": Backend("longctx.models.gguf:LlamaCppModel", ("llama_cpp",), "gguf",
+                    "llama-cpp-python: GGUF models on CPU or GPU"),
+    "openai": Backend("longctx.models.openai_api:OpenAIModel", ("httpx",), "openai",
+                      "any OpenAI-compatible server (vLLM serve, llama.cpp server, SGLang, TGI, hosted APIs)"),
+    "vllm": Backend("longctx.models.vllm:VLLMModel", ("vllm",), "vllm", "the offline vLLM engine (GPU)"),
+}
+
+INSTALL_NAMES = {"llama_cpp": "llama-cpp-python"}
+
+
+def missing_modules(name: str) -> list[str]:
+    return [m for m in BACKENDS[name].needs if importlib.util.find_spec(m) is None]
+
+
+def backend_class(name: str):
+    if name not in BACKENDS:
+        raise UsageError(f"unknown backend {name!r}; choose one of: {', '.join(BACKENDS)}")
+    b = BACKENDS[name]
+    missing = missing_modules(name)
+    if missing:
+        pkgs = " ".join(INSTALL_NAMES.get(m, m) for m in missing)
+        raise UsageError(f"backend {name!r} needs {pkgs}: pip install 'longctx[{b.extra}]'")
+    module, attr = b.target.split(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def load_model(backend: str, **options) -> ModelAdapter:
+    """Instantiate a backend; options are the backend's own keyword arguments."""
+    cls = backend_class(backend)
+    params = inspect.signature(cls.__init__).parameters
+    unknown = sorted(set(options) - set(params) - {"self"})
+    if unknown:
+        accepted = ", ".join(p for p in params if p != "self")
+        raise UsageError(f"backend {backend!r} has no option {', '.join(unknown)}; it accepts: {accepted}")
+    return cls(**options)
+
+
+__all__ = ["BACKENDS", "Completion", "GenParams", "ModelAdapter", "backend_class", "failed", "load_model",
+           "missing_modules", "over_budget"]

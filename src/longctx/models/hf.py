@@ -1,0 +1,223 @@
+"""The `hf` backend: any transformers causal LM, from a local folder, a hub id or a .gguf file.
+
+Speed and memory care, all checked against transformers' own `generate` in the tests:
+- prompts are sorted by token count and batched, so left padding stays within a few tokens;
+  families whose state is corrupted by padding (RWKV) are batched only with equal lengths;
+- only the last position's logits are computed on prefill (`logits_to_keep=1`);
+- recurrent and hybrid models prefill in chunks, so peak memory does not grow with the prompt:
+  transformers' own `prefill_chunk_size` for the hybrids it supports, and `stateful.py`'s
+  loop for Mamba2 and RWKV, whose caches transformers cannot chunk.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Sequence
+
+from ..errors import UsageError
+from ..tokenizer import Tokenizer, _file_sha256, default_cache_dir, load_tokenizer
+from .base import Completion, GenParams, cut_at_stop, failed, over_budget
+from .stateful import STATEFUL_FAMILIES, greedy_stateful
+
+# Families with a recurrent state: prefill in chunks by default.
+RECURRENT_FAMILIES = {"mamba", "mamba2", "rwkv", "bamba", "zamba2", "falcon_h1", "nemotron_h",
+                      "recurrent_gemma", "jamba", "granitemoehybrid"}
+# transformers' RecurrentGemma restarts its state on every multi-token call, so it cannot be
+# prefilled in chunks; it runs in one pass (its attention is windowed, its recurrence O(1)).
+UNCHUNKABLE = {"recurrent_gemma"}
+DEFAULT_CHUNK = 2048
+
+
+class HFModel:
+    """Greedy generation with transformers. `path` is a local folder, a `.gguf` file or a hub id."""
+
+    def __init__(self, path: str, dtype: str = "auto", device: str = "cpu", batch_size: int = 8,
+                 prefill_chunk: int | None = -1, trust_remote_code: bool = False, allow_pickle: bool = False,
+                 chat_template: bool = False, max_context: int | None = None, tokenizer: str | None = None,
+                 name: str | None = None):
+        if batch_size < 1:
+            raise UsageError(f"batch_size must be at least 1, not {batch_size}")
+        self.device = _device(device)
+        self.dtype = _dtype(dtype, self.device)
+        model = _load_model(path, self.dtype, trust_remote_code, allow_pickle)
+        tok = load_tokenizer(tokenizer or path, trust_remote_code=trust_remote_code)
+        self._attach(model, model.config.model_type, tok, name or Path(str(path)).name, batch_size=batch_size,
+                     prefill_chunk=prefill_chunk, chat_template=chat_template,
+                     max_context=max_context if max_context is not None else _hard_limit(model.config),
+                     train_context=_train_context(model.config))
+
+    def _attach(self, model, family: str, tokenizer: Tokenizer, name: str, *, batch_size: int, prefill_chunk,
+                chat_template: bool, max_context: int | None, train_context: int | None) -> None:
+        """Everything after loading, shared with backends that build their own module (mamba_ssm)."""
+        import torch
+
+        self.model = model.to(self.device).eval()
+        self.family, self.tokenizer, self.name, self.batch_size = family, tokenizer, name, batch_size
+        self.model_template = "chat" if chat_template else "base"
+        if chat_template and not tokenizer.chat_template:
+            raise UsageError(f"chat_template requested but {name}'s tokenizer has none")
+        self.max_context, self.train_context = max_context, train_context
+        if prefill_chunk == -1:  # auto
+            prefill_chunk = DEFAULT_CHUNK if family in RECURRENT_FAMILIES else None
+        self.prefill_chunk = None if (not prefill_chunk or family in UNCHUNKABLE) else int(prefill_chunk)
+        gen = getattr(model, "generation_config", None)
+        eos = gen.eos_token_id if gen is not None and gen.eos_token_id is not None else tokenizer.hf.eos_token_id
+        self.eos_ids = set(eos if isinstance(eos, (list, tuple)) else [eos] if eos is not None else [])
+        self.pad_id = tokenizer.hf.pad_token_id
+        if self.pad_id is None:
+            self.pad_id = min(self.eos_ids) if self.eos_ids else 0
+        torch.set_grad_enabled(False)
+
+    def _stateful(self, n_tokens: int) -> bool:
+        """Whether a prompt of n tokens runs through our chunked loop (then it is batched only with
+        prompts of the same length: the loop does not pad)."""
+        if self.family in ("rwkv", "mamba_ssm"):
+            return True
+        return self.family in STATEFUL_FAMILIES and self.prefill_chunk is not None and n_tokens > self.prefill_chunk
+
+    def generate(self, prompts: Sequence[str], params: GenParams) -> list[Completion]:
+        encoded = [self.tokenizer.encode(p) for p in prompts]
+        results: list[Completion | None] = [None] * len(prompts)
+        todo = []
+        for i, ids in enumerate(encoded):
+            reason = over_budget(len(ids), params.max_new_tokens, self.max_context)
+            if reason:
+                results[i] = failed(reason, len(ids))
+            else:
+                todo.append(i)
+        for batch in self._batches(todo, encoded):
+            start = time.perf_counter()
+            rows = self._generate_batch([encoded[i] for i in batch], params.max_new_tokens)
+            share = (time.perf_counter() - start) / len(batch)
+            for i, new_ids in zip(batch, rows):
+                text = cut_at_stop(self.tokenizer.decode(new_ids), params.stop)
+                results[i] = Completion(text, len(encoded[i]), len(new_ids), share)
+        return results  # type: ignore[return-value]
+
+    def _batches(self, todo: list[int], encoded: list[list[int]]) -> list[list[int]]:
+        """Sorted by length; prompts for the stateful loop are batched only with equal lengths."""
+        order = sorted(todo, key=lambda i: len(encoded[i]))
+        batches: list[list[int]] = []
+        for i in order:
+            last = batches[-1] if batches else None
+            fits = last is not None and len(last) < self.batch_size and (
+                len(encoded[last[0]]) == len(encoded[i])
+                or not (self._stateful(len(encoded[i])) or self._stateful(len(encoded[last[0]]))))
+            if fits:
+                last.append(i)
+            else:
+                batches.append([i])
+        return batches
+
+    def _generate_batch(self, rows: list[list[int]], max_new: int) -> list[list[int]]:
+        import torch
+
+        width = max(len(r) for r in rows)
+        ids = torch.tensor([[self.pad_id] * (width - len(r)) + r for r in rows], device=self.device)
+        if self._stateful(width):  # equal lengths, no padding (see _batches)
+            out = greedy_stateful(self.model, self.family, ids, max_new, self.eos_ids, self.prefill_chunk)
+        else:
+            mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=self.device)
+            extra = {}
+            if self.prefill_chunk and width > self.prefill_chunk:
+                from transformers import DynamicCache
+
+                extra = {"prefill_chunk_size": self.prefill_chunk,
+                         "past_key_values": DynamicCache(config=self.model.config)}
+            out = self.model.generate(ids, attention_mask=mask, max_new_tokens=max_new, do_sample=False,
+                                      num_beams=1, pad_token_id=self.pad_id, eos_token_id=sorted(self.eos_ids),
+                                      top_k=None, top_p=None, temperature=None, **extra)[:, width:]
+        return [_until_eos(row.tolist(), self.eos_ids) for row in out]
+
+
+def _until_eos(ids: list[int], eos: set[int]) -> list[int]:
+    for k, t in enumerate(ids):
+        if t in eos:
+            return ids[: k + 1]
+    return ids
+
+
+def _device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError(f"device {device!r} requested but torch sees no CUDA GPU")
+    return device
+
+
+def _dtype(name: str, device: str):
+    import torch
+
+    if name == "auto":
+        return torch.bfloat16 if device.startswith("cuda") else torch.float32
+    table = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+             "float16": torch.float16, "fp16": torch.float16}
+    if name not in table:
+        raise UsageError(f"dtype must be one of auto, {', '.join(table)}; not {name!r}")
+    return table[name]
+
+
+def _hard_limit(config) -> int | None:
+    """Learned absolute positions (GPT-2 style) cannot go past their table; RoPE and recurrent
+    models can (the study evaluates them at 2x their training length), so they have no hard limit."""
+    return getattr(config, "n_positions", None)
+
+
+def _train_context(config) -> int | None:
+    for key in ("max_position_embeddings", "context_length", "n_positions"):
+        value = getattr(config, key, None)
+        if isinstance(value, int):
+            return value
+    return None
+
+
+def _load_model(path: str, dtype, trust_remote_code: bool, allow_pickle: bool):
+    from transformers import AutoModelForCausalLM
+
+    p = Path(str(path)).expanduser()
+    if p.is_file() and p.suffix == ".gguf":
+        return _load_gguf(p, dtype)
+    if p.is_dir():
+        _check_weights_format(p, allow_pickle)
+    try:
+        return AutoModelForCausalLM.from_pretrained(
+            str(p) if p.exists() else str(path), dtype=dtype, trust_remote_code=trust_remote_code,
+            use_safetensors=None if allow_pickle else True)
+    except ValueError as e:
+        if "trust_remote_code" in str(e):
+            raise UsageError(f"{path} needs its own modelling code: pass trust_remote_code=true "
+                             "if you trust it (it runs code from the checkpoint)") from None
+        raise
+    except OSError as e:
+        raise UsageError(f"cannot load model {path}: {str(e).splitlines()[0]}") from None
+
+
+def _check_weights_format(folder: Path, allow_pickle: bool) -> None:
+    has_safe = any(folder.glob("*.safetensors"))
+    has_pickle = any(folder.glob("*.bin")) or any(folder.glob("*.pt"))
+    if not has_safe and has_pickle and not allow_pickle:
+        raise UsageError(f"{folder} holds only pickled weights (.bin), which can run code when loaded; "
+                         "pass allow_pickle=true to load them anyway")
+
+
+def _load_gguf(path: Path, dtype):
+    """transformers dequantises a GGUF to full precision (seconds); the result is cached as
+    safetensors keyed by the file's sha256, so the next load takes well under a second."""
+    from transformers import AutoModelForCausalLM
+
+    cache = default_cache_dir() / "models" / _file_sha256(path)[:16]
+    if not (cache / "config.json").exists():
+        import torch
+
+        model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
+        # A GGUF-loaded model refuses to serialise while it carries the GGUF quantizer.
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        tmp = cache.with_name(cache.name + ".tmp")
+        model.save_pretrained(str(tmp))
+        tmp.rename(cache)
+    return AutoModelForCausalLM.from_pretrained(str(cache), dtype=dtype)

@@ -1,0 +1,52 @@
+"""Greedy decoding with chunked prefill for the transformers families whose cache `generate`
+cannot prefill in chunks (Mamba2 keeps `cache_params`, RWKV a `state` list), and for our own
+`MixerLM` (mamba_ssm checkpoints).
+
+Feeding the prompt in chunks of `chunk` tokens and carrying the recurrent state between them
+gives the same logits as one pass (checked in the tests) while the activations, and so the
+peak memory, stay those of one chunk whatever the prompt length.
+"""
+
+from __future__ import annotations
+
+STATEFUL_FAMILIES = {"mamba2", "rwkv", "mamba_ssm"}  # mamba_ssm: our MixerLM
+
+
+def _step(model, family: str, ids, state):
+    """One forward over `ids` continuing from `state`; returns (last-position logits, new state)."""
+    if family == "mamba_ssm":
+        return model.step(ids, state)
+    if family == "mamba2":
+        if state is None:
+            from transformers import DynamicCache
+
+            state = DynamicCache(config=model.config)
+        out = model(input_ids=ids, cache_params=state, use_cache=True, logits_to_keep=1)
+        return out.logits[:, -1], out.cache_params
+    out = model(input_ids=ids, state=state, use_cache=True, logits_to_keep=1)
+    return out.logits[:, -1], out.state
+
+
+def greedy_stateful(model, family: str, ids, max_new: int, eos_ids: set[int], chunk: int | None):
+    """Argmax decoding of `max_new` tokens for a batch of equal-length prompts `ids` [B, L].
+    Rows that have produced an end token are padded with it until every row is done."""
+    import torch
+
+    width = ids.shape[1]
+    step = chunk or width
+    state = None
+    for start in range(0, width, step):
+        logits, state = _step(model, family, ids[:, start:start + step], state)
+    eos = torch.tensor(sorted(eos_ids) or [-1], device=ids.device)
+    done = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
+    produced = []
+    for k in range(max_new):
+        nxt = logits.argmax(-1)
+        if produced:
+            nxt = torch.where(done, produced[-1], nxt)
+        produced.append(nxt)
+        done |= torch.isin(nxt, eos)
+        if bool(done.all()) or k == max_new - 1:
+            break
+        logits, state = _step(model, family, nxt[:, None], state)
+    return torch.stack(produced, dim=1)

@@ -1,0 +1,105 @@
+"""Tiny random checkpoints of every architecture family the backends must load, written to a
+folder exactly as a hub download would leave them (config.json, weights, tokenizer files)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+FAMILIES = ["llama", "mamba2", "bamba", "zamba2", "falcon_h1", "nemotron_h", "recurrent_gemma", "rwkv"]
+
+
+def tiny_config(family: str, vocab: int):
+    import transformers as T
+
+    attn = dict(num_attention_heads=4, num_key_value_heads=2, intermediate_size=128)
+    ssm = dict(mamba_n_heads=8, mamba_d_head=16, mamba_d_state=16, mamba_n_groups=1, mamba_chunk_size=32)
+    common = dict(vocab_size=vocab, hidden_size=64, bos_token_id=1, eos_token_id=2, pad_token_id=2)
+    if family == "llama":
+        return T.LlamaConfig(num_hidden_layers=2, max_position_embeddings=4096, **attn, **common)
+    if family == "mamba2":
+        return T.Mamba2Config(num_hidden_layers=2, num_heads=8, head_dim=16, state_size=16, n_groups=1,
+                              expand=2, chunk_size=32, **common)
+    if family == "bamba":
+        return T.BambaConfig(num_hidden_layers=2, attn_layer_indices=[1], **attn, **ssm, **common)
+    if family == "zamba2":
+        return T.Zamba2Config(num_hidden_layers=2, mamba_headdim=16, mamba_d_state=16, mamba_ngroups=1, chunk_size=32,
+                              layers_block_type=["mamba", "hybrid"], hybrid_layer_ids=[1], num_mem_blocks=1,
+                              num_attention_heads=4, num_key_value_heads=4, intermediate_size=128, **common)
+    if family == "falcon_h1":
+        return T.FalconH1Config(num_hidden_layers=2, mamba_d_ssm=128, **attn, **ssm, **common)
+    if family == "nemotron_h":
+        return T.NemotronHConfig(num_hidden_layers=3, mamba_num_heads=8, mamba_head_dim=16, ssm_state_size=16,
+                                 n_groups=1, chunk_size=32, hybrid_override_pattern="M*-", **attn, **common)
+    if family == "recurrent_gemma":
+        return T.RecurrentGemmaConfig(num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=1,
+                                      intermediate_size=128, lru_width=64, attention_window_size=64,
+                                      block_types=["recurrent", "recurrent", "attention"], **common)
+    if family == "rwkv":
+        return T.RwkvConfig(num_hidden_layers=2, attention_hidden_size=64, intermediate_size=128,
+                            context_length=1024, **common)
+    raise ValueError(family)
+
+
+def make_checkpoint(family: str, folder: Path, tokenizer, seed: int = 0) -> Path:
+    """Save a random model of `family` with `tokenizer` (a longctx Tokenizer) into `folder`."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(tiny_config(family, len(tokenizer.hf)))
+    model.save_pretrained(folder)
+    tokenizer.hf.save_pretrained(folder)
+    return folder
+
+
+MAMBA_SSM_CONFIGS = {
+    # Shapes of state-spaces/mamba2-2.7b, mamba2attn-2.7b and transformerpp-2.7b, scaled down.
+    "mamba2": dict(d_model=64, d_intermediate=0, n_layer=2,
+                   ssm_cfg={"layer": "Mamba2", "d_state": 16, "headdim": 16, "chunk_size": 32}),
+    "mamba2attn": dict(d_model=64, d_intermediate=0, n_layer=3, attn_layer_idx=[1],
+                       ssm_cfg={"layer": "Mamba2", "d_state": 16, "headdim": 16, "chunk_size": 32},
+                       attn_cfg={"causal": True, "d_conv": 4, "head_dim": 16, "num_heads": 4,
+                                 "out_proj_bias": False, "qkv_proj_bias": False, "rotary_emb_dim": 8}),
+    "transformerpp": dict(d_model=64, d_intermediate=128, n_layer=2, attn_layer_idx=[0, 1],
+                          attn_cfg={"causal": True, "head_dim": 16, "num_heads": 4, "num_heads_kv": 2,
+                                    "out_proj_bias": False, "qkv_proj_bias": False, "rotary_emb_dim": 16}),
+}
+
+
+def make_mamba_ssm_checkpoint(kind: str, folder: Path, tokenizer, seed: int = 0, safetensors: bool = False) -> Path:
+    """A random checkpoint in the mamba_ssm format: config.json + pytorch_model.bin with mamba_ssm's
+    parameter names (or model.safetensors), plus the tokenizer files."""
+    import json
+    import math
+
+    import torch
+
+    from longctx.models.mixer_lm import MixerConfig, MixerLM
+
+    raw = dict(vocab_size=len(tokenizer.hf), attn_layer_idx=[], attn_cfg={}, ssm_cfg={}, rms_norm=True,
+               residual_in_fp32=True, fused_add_norm=True, pad_vocab_size_multiple=16, tie_embeddings=True)
+    raw.update(MAMBA_SSM_CONFIGS[kind])
+    cfg = MixerConfig(**{**raw, "attn_layer_idx": tuple(raw["attn_layer_idx"])})
+    torch.manual_seed(seed)
+    model = MixerLM(cfg)
+    with torch.no_grad():  # mamba_ssm's initialisation ranges, so the SSM actually mixes
+        for name, p in model.named_parameters():
+            if name.endswith("A_log"):
+                p.copy_(torch.log(torch.empty_like(p).uniform_(1, 16)))
+            elif name.endswith("dt_bias"):
+                dt = torch.exp(torch.empty_like(p).uniform_(math.log(1e-3), math.log(1e-1)))
+                p.copy_(dt + torch.log(-torch.expm1(-dt)))
+            elif p.dim() >= 2:
+                torch.nn.init.normal_(p, std=0.1)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps(raw))
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    if safetensors:
+        from safetensors.torch import save_file
+
+        state.pop("lm_head.weight")
+        save_file(state, str(folder / "model.safetensors"))
+    else:
+        torch.save(state, folder / "pytorch_model.bin")
+    tokenizer.hf.save_pretrained(folder)
+    return folder
