@@ -1,0 +1,118 @@
+"""The hf backend on a tiny random checkpoint of every family it must run: load from a folder,
+count tokens exactly, and generate with batching and chunked prefill exactly what a naive
+one-prompt-at-a-time, uncached `generate` produces."""
+
+import json
+
+import pytest
+import torch
+
+from longctx.errors import UsageError
+from longctx.models import GenParams, load_model
+from tiny_models import FAMILIES, make_checkpoint
+
+PROMPTS = ["The grass is green. The sky is blue. " * 9 + "The special magic number is 1234.",
+           "hello world " * 7, "one two three four " * 10, "hello world " * 7 + "!"]
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory, bpe):
+    root = tmp_path_factory.mktemp("hf")
+    return {f: make_checkpoint(f, root / f, bpe) for f in FAMILIES}
+
+
+def naive(model, tokenizer, prompt: str, max_new: int) -> str:
+    """One prompt, no padding, no cache: the reference every fast path must equal."""
+    ids = torch.tensor([tokenizer.encode(prompt)])
+    out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new, do_sample=False,
+                         use_cache=False, pad_token_id=2)
+    return tokenizer.decode(out[0, ids.shape[1]:].tolist())
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_family_batched_chunked_equals_naive_uncached(family, checkpoints, bpe):
+    fast = load_model("hf", path=str(checkpoints[family]), batch_size=4, prefill_chunk=16)
+    got = fast.generate(PROMPTS, GenParams(max_new_tokens=6))
+    assert fast.family == family
+    assert [c.prompt_tokens for c in got] == [bpe.count(p) for p in PROMPTS]
+    assert all(c.ok and 1 <= c.output_tokens <= 6 and c.seconds > 0 for c in got)
+    want = [naive(fast.model, bpe, p, 6) for p in PROMPTS]
+    assert [c.text for c in got] == want
+
+
+def test_recurrent_families_prefill_in_chunks_by_default(checkpoints):
+    assert load_model("hf", path=str(checkpoints["mamba2"])).prefill_chunk == 2048
+    assert load_model("hf", path=str(checkpoints["llama"])).prefill_chunk is None
+    assert load_model("hf", path=str(checkpoints["recurrent_gemma"]), prefill_chunk=16).prefill_chunk is None
+
+
+def test_batches_group_by_length_and_never_pad_the_stateful_loop(checkpoints):
+    rwkv = load_model("hf", path=str(checkpoints["rwkv"]), batch_size=8)
+    llama = load_model("hf", path=str(checkpoints["llama"]), batch_size=2)
+    enc = [[0] * n for n in (30, 10, 10, 20, 11)]
+    assert rwkv._batches(list(range(5)), enc) == [[1, 2], [4], [3], [0]]
+    assert llama._batches(list(range(5)), enc) == [[1, 2], [4, 3], [0]]
+
+
+def test_over_budget_is_a_failed_row_never_a_truncation(checkpoints, bpe):
+    model = load_model("hf", path=str(checkpoints["llama"]), max_context=40)
+    long, short = "word " * 60, "a b c"
+    got = model.generate([long, short], GenParams(max_new_tokens=4))
+    assert not got[0].ok and "over budget" in got[0].error and got[0].prompt_tokens == bpe.count(long)
+    assert got[1].ok
+
+
+def test_stop_strings_cut_the_text(checkpoints):
+    model = load_model("hf", path=str(checkpoints["llama"]))
+    full = model.generate(PROMPTS[:1], GenParams(max_new_tokens=8))[0].text
+    stop = full.strip()[2:4]
+    cut = model.generate(PROMPTS[:1], GenParams(max_new_tokens=8, stop=(stop,)))[0].text
+    assert cut == full[: full.find(stop)]
+
+
+def test_pickled_weights_need_the_opt_in(tmp_path, bpe):
+    from transformers import AutoModelForCausalLM
+
+    from tiny_models import tiny_config
+
+    model = AutoModelForCausalLM.from_config(tiny_config("llama", len(bpe.hf)))
+    model.config.save_pretrained(tmp_path)
+    torch.save(model.state_dict(), tmp_path / "pytorch_model.bin")  # the pre-safetensors format
+    bpe.hf.save_pretrained(tmp_path)
+    with pytest.raises(UsageError, match="allow_pickle"):
+        load_model("hf", path=str(tmp_path))
+    assert load_model("hf", path=str(tmp_path), allow_pickle=True).generate(["a b"], GenParams(2))[0].ok
+
+
+def test_remote_code_needs_the_opt_in(tmp_path, checkpoints):
+    """A checkpoint with its own modelling code (as RWKV/rwkv-6-world-3b-v2.1 ships)."""
+    import shutil
+
+    folder = tmp_path / "custom"
+    shutil.copytree(checkpoints["llama"], folder)
+    (folder / "modeling_custom.py").write_text(
+        "from transformers import LlamaConfig, LlamaForCausalLM\n"
+        "class CustomConfig(LlamaConfig):\n    model_type = 'custom_llama'\n"
+        "class CustomForCausalLM(LlamaForCausalLM):\n    config_class = CustomConfig\n")
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg.update(model_type="custom_llama", architectures=["CustomForCausalLM"],
+               auto_map={"AutoConfig": "modeling_custom.CustomConfig",
+                         "AutoModelForCausalLM": "modeling_custom.CustomForCausalLM"})
+    (folder / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(UsageError, match="trust_remote_code"):
+        load_model("hf", path=str(folder))
+    model = load_model("hf", path=str(folder), trust_remote_code=True)
+    assert type(model.model).__name__ == "CustomForCausalLM" and model.generate(["a b c"], GenParams(3))[0].ok
+
+
+def test_options_and_backends_are_validated(checkpoints):
+    with pytest.raises(UsageError, match="unknown backend"):
+        load_model("nope")
+    with pytest.raises(UsageError, match="has no option bogus"):
+        load_model("hf", path=str(checkpoints["llama"]), bogus=1)
+    with pytest.raises(UsageError, match="dtype"):
+        load_model("hf", path=str(checkpoints["llama"]), dtype="int3")
+    with pytest.raises(UsageError, match="chat_template"):
+        load_model("hf", path=str(checkpoints["llama"]), chat_template=True)
+    with pytest.raises(UsageError, match="cannot load|not found"):
+        load_model("hf", path="/no/such/model")
