@@ -1,0 +1,146 @@
+"""The `openai` backend: any OpenAI-compatible HTTP server (vLLM serve, llama.cpp's server, SGLang,
+TGI, hosted APIs), through the `/completions` or `/chat/completions` endpoint.
+
+Greedy (temperature 0). Requests run concurrently up to `concurrency`; transient failures (429,
+5xx, timeouts, dropped connections, malformed JSON) are retried with exponential backoff and
+jitter, honouring a 429's Retry-After; whatever still fails becomes a failed row with its reason.
+The API key is read from the environment variable named by `api_key_env` at request time and is
+never stored on the adapter, written to disk, or put in an error message.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import os
+import random
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Sequence
+
+from ..errors import UsageError
+from ..tokenizer import load_tokenizer
+from .base import Completion, GenParams, cut_at_stop, failed, over_budget
+
+RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
+MAX_RETRY_AFTER = 300.0  # seconds; a server asking for longer is treated as down
+
+
+class OpenAIModel:
+    """`endpoint="completions"` sends the exact prompt text (the budget is exact with a local
+    tokenizer); `"chat"` sends it as one user message, as RULER's openai client does, and the
+    server's chat template adds tokens the local count does not see."""
+
+    def __init__(self, base_url: str, model: str, endpoint: str = "completions", api_key_env: str = "OPENAI_API_KEY",
+                 tokenizer: str | None = None, max_context: int | None = None, concurrency: int = 4,
+                 max_retries: int = 5, timeout: float = 120.0, backoff: float = 1.0, max_backoff: float = 60.0,
+                 name: str | None = None):
+        import httpx
+
+        if endpoint not in ("completions", "chat"):
+            raise UsageError(f"endpoint must be 'completions' or 'chat', not {endpoint!r}")
+        if concurrency < 1 or max_retries < 0 or timeout <= 0:
+            raise UsageError("concurrency must be >= 1, max_retries >= 0 and timeout > 0")
+        self.name = name or model
+        self.model, self.endpoint, self.api_key_env = model, endpoint, api_key_env
+        self.url = base_url.rstrip("/") + ("/chat/completions" if endpoint == "chat" else "/completions")
+        self.tokenizer = load_tokenizer(tokenizer) if tokenizer else None
+        self.max_context, self.concurrency, self.max_retries = max_context, concurrency, max_retries
+        self.backoff, self.max_backoff = backoff, max_backoff
+        self.model_template = "base"
+        self._client = httpx.Client(timeout=httpx.Timeout(timeout), limits=httpx.Limits(max_connections=concurrency))
+        self._rng = random.Random(0)
+        self._lock = threading.Lock()
+
+    def generate(self, prompts: Sequence[str], params: GenParams) -> list[Completion]:
+        with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
+            return list(pool.map(lambda p: self._one(p, params), prompts))
+
+    def request_body(self, prompt: str, params: GenParams) -> dict:
+        body: dict = {"model": self.model, "max_tokens": params.max_new_tokens, "temperature": 0.0}
+        if self.endpoint == "chat":
+            body["messages"] = [{"role": "user", "content": prompt}]
+        else:
+            body["prompt"] = prompt
+        if params.stop:
+            body["stop"] = list(params.stop)
+        return body
+
+    def parse(self, data: dict) -> tuple[str, int | None, int | None]:
+        """(text, prompt tokens, completion tokens) from a response; KeyError/TypeError if malformed."""
+        choice = data["choices"][0]
+        text = choice["message"]["content"] if self.endpoint == "chat" else choice["text"]
+        if not isinstance(text, str):
+            raise TypeError("no text in choice")
+        usage = data.get("usage") or {}
+        return text, usage.get("prompt_tokens"), usage.get("completion_tokens")
+
+    def _one(self, prompt: str, params: GenParams) -> Completion:
+        n_local = self.tokenizer.count(prompt) if self.tokenizer else None
+        if n_local is not None:
+            reason = over_budget(n_local, params.max_new_tokens, self.max_context)
+            if reason:
+                return failed(reason, n_local)
+        start = time.perf_counter()
+        body, last = self.request_body(prompt, params), "no attempt"
+        for attempt in range(self.max_retries + 1):
+            outcome, wait = self._attempt(body)
+            if isinstance(outcome, tuple):
+                text, n_prompt, n_out = outcome
+                return Completion(cut_at_stop(text, params.stop), n_prompt if n_prompt is not None else n_local,
+                                  n_out, time.perf_counter() - start)
+            last = outcome
+            if wait is None or attempt == self.max_retries:
+                break
+            time.sleep(wait if wait > 0 else self._backoff(attempt))
+        tries = attempt + 1
+        return Completion("", n_local, 0, time.perf_counter() - start,
+                          error=f"{last} (after {tries} attempt{'s' * (tries > 1)})")
+
+    def _attempt(self, body: dict):
+        """One request: ((text, n_prompt, n_out), None) on success, else (reason, wait) where wait
+        is None for a permanent failure, 0 for the default backoff, or the server's Retry-After."""
+        import httpx
+
+        headers = {}
+        key = os.environ.get(self.api_key_env)
+        if key:
+            headers["Authorization"] = f"Bearer {key}"
+        try:
+            resp = self._client.post(self.url, json=body, headers=headers)
+        except httpx.TimeoutException:
+            return "timeout", 0
+        except httpx.TransportError as e:
+            return self._scrub(f"connection error: {type(e).__name__}"), 0
+        if resp.status_code != 200:
+            reason = self._scrub(f"HTTP {resp.status_code}: {resp.text[:200]}")
+            if resp.status_code not in RETRY_STATUS:
+                return reason, None
+            return reason, _retry_after(resp.headers.get("retry-after")) if resp.status_code == 429 else 0
+        try:
+            return self.parse(resp.json()), None
+        except (ValueError, KeyError, IndexError, TypeError):
+            return self._scrub(f"malformed response: {resp.text[:200]!r}"), 0
+
+    def _backoff(self, attempt: int) -> float:
+        with self._lock:
+            jitter = self._rng.uniform(0.5, 1.0)
+        return min(self.max_backoff, self.backoff * 2 ** attempt) * jitter
+
+    def _scrub(self, text: str) -> str:
+        key = os.environ.get(self.api_key_env)
+        return text.replace(key, "***") if key else text
+
+
+def _retry_after(value: str | None) -> float:
+    """Seconds to wait from a Retry-After header (delta-seconds or an HTTP date); 0 = use backoff."""
+    if not value:
+        return 0
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            seconds = email.utils.parsedate_to_datetime(value).timestamp() - time.time()
+        except (TypeError, ValueError):
+            return 0
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER) or 0.001

@@ -1,0 +1,158 @@
+"""The openai backend against a fake OpenAI-compatible server on 127.0.0.1 that injects the
+failures real servers produce: 500s, 429s with Retry-After, timeouts, malformed JSON and dropped
+connections."""
+
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from longctx.errors import UsageError
+from longctx.models import GenParams, load_model
+
+SECRET = "sk-test-very-secret-123"
+
+
+class FakeServer:
+    """Serves /v1/completions and /v1/chat/completions. `script` maps a prompt to the list of
+    faults to inject on its successive requests (then it answers normally)."""
+
+    def __init__(self):
+        self.script: dict[str, list[str]] = {}
+        self.requests: list[dict] = []
+        self.in_flight = self.peak = 0
+        self.lock = threading.Lock()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["content-length"])))
+                prompt = body["messages"][0]["content"] if "messages" in body else body["prompt"]
+                with server.lock:
+                    server.requests.append({"path": self.path, "body": body, "auth": self.headers.get("authorization")})
+                    faults = server.script.get(prompt, [])
+                    fault = faults.pop(0) if faults else "ok"
+                    server.in_flight += 1
+                    server.peak = max(server.peak, server.in_flight)
+                try:
+                    server.respond(self, fault, prompt, "messages" in body)
+                finally:
+                    with server.lock:
+                        server.in_flight -= 1
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def respond(self, h, fault, prompt, chat):
+        if fault == "drop":
+            h.close_connection = True
+            h.connection.shutdown(2)  # hang up without a response
+            return
+        if fault == "slow":
+            time.sleep(1.5)
+        if fault.startswith("status"):
+            code, _, retry_after = fault[len("status"):].partition("/")
+            h.send_response(int(code))
+            if retry_after:
+                h.send_header("Retry-After", retry_after)
+            payload = b'{"error": {"message": "injected"}}'
+        elif fault == "malformed":
+            h.send_response(200)
+            payload = b'{"choices": [{"tex'
+        else:
+            time.sleep(0.05)  # long enough for concurrent requests to overlap
+            h.send_response(200)
+            text = f"answer to {prompt[-8:]}"
+            choice = {"message": {"role": "assistant", "content": text}} if chat else {"text": text}
+            payload = json.dumps({"choices": [choice], "usage": {"prompt_tokens": len(prompt.split()),
+                                                                 "completion_tokens": 3}}).encode()
+        h.send_header("Content-Type", "application/json")
+        h.send_header("Content-Length", str(len(payload)))
+        h.end_headers()
+        h.wfile.write(payload)
+
+
+@pytest.fixture
+def server():
+    s = FakeServer()
+    yield s
+    s.httpd.shutdown()
+    s.httpd.server_close()
+
+
+def model(server, **kw):
+    options = dict(base_url=server.url, model="fake", backoff=0.01, max_retries=3, timeout=5.0)
+    return load_model("openai", **(options | kw))
+
+
+def test_completions_and_chat_map_requests_and_responses(server, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", SECRET)
+    for endpoint, path in (("completions", "/v1/completions"), ("chat", "/v1/chat/completions")):
+        got = model(server, endpoint=endpoint).generate(["one two three prompt-A"], GenParams(16, stop=("zz",)))
+        assert got[0].ok and got[0].text == "answer to prompt-A" and got[0].prompt_tokens == 4
+        req = server.requests[-1]
+        assert req["path"] == path and req["auth"] == f"Bearer {SECRET}"
+        assert req["body"]["max_tokens"] == 16 and req["body"]["temperature"] == 0 and req["body"]["stop"] == ["zz"]
+
+
+def test_transient_faults_are_retried_until_success(server):
+    faults = {"p-500": ["status500", "status503"], "p-drop": ["drop"], "p-bad": ["malformed"],
+              "p-slow": ["slow"], "p-ok": []}
+    server.script = {k: list(v) for k, v in faults.items()}
+    got = model(server, timeout=0.5).generate(list(faults), GenParams(8))
+    assert [c.text for c in got] == [f"answer to {p[-8:]}" for p in faults]
+    attempts = {p: sum(r["body"]["prompt"] == p for r in server.requests) for p in faults}
+    assert attempts == {"p-500": 3, "p-drop": 2, "p-bad": 2, "p-slow": 2, "p-ok": 1}
+
+
+def test_retry_after_is_honoured(server):
+    server.script = {"p": ["status429/1"]}
+    start = time.perf_counter()
+    got = model(server).generate(["p"], GenParams(8))
+    assert got[0].ok and time.perf_counter() - start >= 1.0
+
+
+def test_permanent_and_exhausted_failures_become_rows_with_reasons(server, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", SECRET)
+    server.script = {"bad-request": ["status400"], "always-500": ["status500"] * 10, "fine": []}
+    got = model(server, max_retries=2).generate(["bad-request", "always-500", "fine"], GenParams(8))
+    assert got[0].error.startswith("HTTP 400") and "after 1 attempt)" in got[0].error
+    assert got[1].error.startswith("HTTP 500") and "after 3 attempts" in got[1].error
+    assert got[2].ok
+    assert sum(r["body"]["prompt"] == "bad-request" for r in server.requests) == 1
+    assert all(SECRET not in (c.error or "") for c in got)
+
+
+def test_concurrency_is_limited(server):
+    model(server, concurrency=3).generate([f"p{i}" for i in range(12)], GenParams(4))
+    assert server.peak <= 3 and server.peak >= 2
+
+
+def test_budget_check_with_a_local_tokenizer(server, smol):
+    from longctx.cli import default_tokenizer
+
+    m = model(server, tokenizer=str(default_tokenizer()), max_context=20)
+    got = m.generate(["word " * 40, "short one"], GenParams(8))
+    assert "over budget" in got[0].error and got[1].ok
+    assert len(server.requests) == 1  # the over-budget prompt never left the machine
+
+
+def test_the_key_is_not_kept_on_the_adapter(server, monkeypatch):
+    monkeypatch.setenv("MY_KEY", SECRET)
+    m = model(server, api_key_env="MY_KEY")
+    m.generate(["x"], GenParams(2))
+    assert server.requests[-1]["auth"] == f"Bearer {SECRET}"
+    assert SECRET not in repr(vars(m))
+
+
+def test_bad_options_are_usage_errors(server):
+    with pytest.raises(UsageError, match="endpoint"):
+        model(server, endpoint="embeddings")
+    with pytest.raises(UsageError, match="concurrency"):
+        model(server, concurrency=0)
