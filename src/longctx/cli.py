@@ -1,4 +1,4 @@
-"""The `longctx` command line: generate | data download | tasks.
+"""The `longctx` command line: generate | data download | tasks | models.
 
 User errors (bad arguments, missing data, impossible lengths) print one line and exit with 2.
 """
@@ -70,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     _data_args(dl)
 
     sub.add_parser("tasks", help="list tasks and suites")
+    sub.add_parser("models", help="list backends, what is installed, and the known checkpoints")
     return ap
 
 
@@ -129,9 +130,26 @@ def cmd_tasks(args) -> int:
     return 0
 
 
+def cmd_models(args) -> int:
+    from .models import BACKENDS, missing_modules
+    from .models.catalog import CHECKPOINTS
+
+    print("backends:")
+    for name, b in BACKENDS.items():
+        missing = missing_modules(name)
+        state = "installed" if not missing else f"missing {', '.join(missing)}: pip install 'longctx[{b.extra}]'"
+        print(f"  {name:10s} {state:52s} {b.about}")
+    print("known checkpoints (training context in tokens):")
+    for c in CHECKPOINTS:
+        opts = " ".join(f"{k}={v}" for k, v in c.options.items())
+        print(f"  {c.name:46s} {c.backend:10s} {c.train_context:>6d}  {c.architecture}" + (f"; {opts}" if opts else "")
+              + (f"  ({c.note})" if c.note else ""))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handler = {"generate": cmd_generate, "data": cmd_data, "tasks": cmd_tasks}[args.command]
+    handler = {"generate": cmd_generate, "data": cmd_data, "tasks": cmd_tasks, "models": cmd_models}[args.command]
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("default")

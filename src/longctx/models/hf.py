@@ -160,6 +160,13 @@ def _dtype(name: str, device: str):
     return table[name]
 
 
+def _dtype_name(name: str) -> str:
+    """A dtype option checked and spelled as torch names it (for backends that take strings)."""
+    import torch
+
+    return "auto" if name == "auto" else str(_dtype(name, "cpu")).removeprefix("torch.")
+
+
 def _hard_limit(config) -> int | None:
     """Learned absolute positions (GPT-2 style) cannot go past their table; RoPE and recurrent
     models can (the study evaluates them at 2x their training length), so they have no hard limit."""
