@@ -65,6 +65,19 @@ def over_budget(n_prompt: int, max_new_tokens: int, max_context: int | None) -> 
     return None
 
 
+def triage(encoded: Sequence[Sequence[int]], max_new_tokens: int, max_context: int | None):
+    """Results pre-filled with a failed row for every over-budget prompt, and the indices to run."""
+    results: list[Completion | None] = [None] * len(encoded)
+    todo = []
+    for i, ids in enumerate(encoded):
+        reason = over_budget(len(ids), max_new_tokens, max_context)
+        if reason:
+            results[i] = failed(reason, len(ids))
+        else:
+            todo.append(i)
+    return results, todo
+
+
 def cut_at_stop(text: str, stop: Sequence[str]) -> str:
     """The text up to the earliest stop string (the stop string itself dropped)."""
     cut = len(text)

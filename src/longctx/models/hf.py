@@ -17,7 +17,7 @@ from typing import Sequence
 
 from ..errors import UsageError
 from ..tokenizer import Tokenizer, _file_sha256, default_cache_dir, load_tokenizer
-from .base import Completion, GenParams, cut_at_stop, failed, over_budget
+from .base import Completion, GenParams, cut_at_stop, triage
 from .stateful import STATEFUL_FAMILIES, greedy_stateful
 
 # Families with a recurrent state: prefill in chunks by default.
@@ -78,14 +78,7 @@ class HFModel:
 
     def generate(self, prompts: Sequence[str], params: GenParams) -> list[Completion]:
         encoded = [self.tokenizer.encode(p) for p in prompts]
-        results: list[Completion | None] = [None] * len(prompts)
-        todo = []
-        for i, ids in enumerate(encoded):
-            reason = over_budget(len(ids), params.max_new_tokens, self.max_context)
-            if reason:
-                results[i] = failed(reason, len(ids))
-            else:
-                todo.append(i)
+        results, todo = triage(encoded, params.max_new_tokens, self.max_context)
         for batch in self._batches(todo, encoded):
             start = time.perf_counter()
             rows = self._generate_batch([encoded[i] for i in batch], params.max_new_tokens)
@@ -162,8 +155,6 @@ def _dtype(name: str, device: str):
 
 def _dtype_name(name: str) -> str:
     """A dtype option checked and spelled as torch names it (for backends that take strings)."""
-    import torch
-
     return "auto" if name == "auto" else str(_dtype(name, "cpu")).removeprefix("torch.")
 
 

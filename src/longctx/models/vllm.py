@@ -11,7 +11,7 @@ import time
 from typing import Sequence
 
 from ..tokenizer import load_tokenizer
-from .base import Completion, GenParams, failed, over_budget
+from .base import Completion, GenParams, triage
 from .hf import _dtype_name
 
 
@@ -39,14 +39,7 @@ class VLLMModel:
         from vllm import SamplingParams
 
         encoded = [self.tokenizer.encode(p) for p in prompts]
-        results: list[Completion | None] = [None] * len(prompts)
-        todo = []
-        for i, ids in enumerate(encoded):
-            reason = over_budget(len(ids), params.max_new_tokens, self.max_context)
-            if reason:
-                results[i] = failed(reason, len(ids))
-            else:
-                todo.append(i)
+        results, todo = triage(encoded, params.max_new_tokens, self.max_context)
         if todo:
             start = time.perf_counter()
             outs = self.llm.generate([{"prompt_token_ids": encoded[i]} for i in todo],
