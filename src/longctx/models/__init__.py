@@ -7,6 +7,7 @@ only when it is named, and a missing one gives a one-line install hint.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import inspect
 from dataclasses import dataclass
 
