@@ -1,4 +1,4 @@
-"""The `longctx` command line: generate | data download | tasks | models.
+"""The `longctx` command line: run | generate | data download | tasks | models.
 
 User errors (bad arguments, missing data, impossible lengths) print one line and exit with 2.
 """
@@ -69,6 +69,14 @@ def build_parser() -> argparse.ArgumentParser:
     dl.add_argument("--only", default="essays,squad,hotpotqa")
     _data_args(dl)
 
+    r = sub.add_parser("run", help="run a spec (YAML) into its run database; re-run to resume",
+                       epilog="Any --key=value after the spec overrides it (dotted keys: --models.0.args.batch_size=2).")
+    r.add_argument("spec", help="run spec, e.g. configs/quickstart.yaml")
+    r.add_argument("--dry-run", action="store_true", help="print cells, samples, tokens and a time estimate; run nothing")
+    r.add_argument("--new", action="store_true", help="start the run over (the old database is kept as .old-N)")
+    r.add_argument("--retry-failed", action="store_true", help="recompute predictions stored with an error")
+    r.add_argument("--db", help="run database path (default runs/<name>.sqlite)")
+
     sub.add_parser("tasks", help="list tasks and suites")
     sub.add_parser("models", help="list backends, what is installed, and the known checkpoints")
     return ap
@@ -107,6 +115,67 @@ def cmd_generate(args) -> int:
     print(f"wrote {len(fills)} samples ({len(specs)} tasks x {len(lengths)} lengths) to {out}/<length>/<task>/"
           f"validation.jsonl; fill {min(fills):.1%}-{max(fills):.1%}; {time.process_time() - start:.1f} CPU-s")
     return 0
+
+
+def cmd_run(args) -> int:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from .config import load_spec
+    from .runner import describe, plan, run
+    from .store import RunStore
+
+    spec = load_spec(args.spec, args.overrides)
+    db_path = Path(args.db) if args.db else spec.db_path
+    p = plan(spec)
+    if args.dry_run:
+        store = RunStore(db_path) if db_path.exists() else None
+        print(describe(p, store))
+        return 0
+    if args.new and db_path.exists():
+        n = 1
+        while db_path.with_name(f"{db_path.name}.old-{n}").exists():
+            n += 1
+        db_path.rename(db_path.with_name(f"{db_path.name}.old-{n}"))
+        for suffix in ("-wal", "-shm"):
+            db_path.with_name(db_path.name + suffix).unlink(missing_ok=True)
+    store = RunStore(db_path)
+    store.bind(spec.to_json(), spec.identity())
+    if args.retry_failed:
+        print(f"retrying {store.forget_failures()} failed predictions")
+    console = Console(stderr=True)
+    console.print(describe(p, store))
+    per_model = len(p.tasks) * len(spec.lengths) * spec.samples
+    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()]
+    with Progress(*columns, console=console) as progress:
+        bars = {m.name: progress.add_task(m.name, total=per_model) for m in spec.models}
+
+        def step(model, label, n):
+            progress.update(bars[model], advance=n, description=f"{model} {label}")
+
+        run(spec, store, progress=step)
+    print_summary(store, db_path)
+    store.close()
+    return 0
+
+
+def print_summary(store, db_path) -> None:
+    from collections import defaultdict
+
+    from rich.console import Console
+    from rich.table import Table
+
+    cells = defaultdict(list)
+    for row in store.results():
+        cells[(row["model"], row["task"], row["length"])].append(row)
+    table = Table(title=f"run {db_path}")
+    for col in ("model", "task", "length", "n", "failed", "score"):
+        table.add_column(col, justify="right" if col in ("length", "n", "failed", "score") else "left")
+    for (model, task, length), rows in cells.items():
+        ok = [r["score"] for r in rows if r["error"] is None]
+        mean = f"{100 * sum(ok) / len(ok):.1f}" if ok else "-"
+        table.add_row(model, task, str(length), str(len(rows)), str(len(rows) - len(ok)), mean)
+    Console().print(table)
 
 
 def cmd_data(args) -> int:
@@ -148,8 +217,15 @@ def cmd_models(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    handler = {"generate": cmd_generate, "data": cmd_data, "tasks": cmd_tasks, "models": cmd_models}[args.command]
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    args.overrides = []
+    if extra:
+        if args.command != "run" or any(not (x.startswith("--") and "=" in x) for x in extra):
+            parser.parse_args(argv)  # argparse's own one-line error for what it does not know (exit 2)
+        args.overrides = extra
+    handler = {"generate": cmd_generate, "data": cmd_data, "tasks": cmd_tasks, "models": cmd_models, "run": cmd_run}[args.command]
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("default")

