@@ -36,7 +36,10 @@ class SampleCache:
 
     def get(self, spec: TaskSpec, length: int, n: int, ctx: GenContext) -> list[Sample]:
         path = self.path(spec, length, ctx)
-        have = read_jsonl(path) if path.exists() else []
+        try:
+            have = read_jsonl(path) if path.exists() else []
+        except (ValueError, KeyError, TypeError):  # a damaged cache file is regenerated, not fatal
+            have = []
         if len(have) < n:
             have += generate_samples(spec, length, range(len(have), n), ctx)
             write_jsonl_atomic(path, have)

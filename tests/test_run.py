@@ -1,0 +1,124 @@
+"""The runner and its database: resume computes only what is missing, a changed spec is refused,
+the budget guard stores failed rows, and a sweep killed with SIGKILL at 20 random moments loses
+and duplicates nothing."""
+
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+
+from longctx.cli import main
+from longctx.config import load_spec
+from longctx.runner import run
+from longctx.store import RunStore
+
+
+def write_spec(tmp_path, data_dir, **changes):
+    spec = {"name": "t", "models": [{"name": "mock", "backend": "mock", "args": {"accuracy": 0.7}}],
+            "tasks": ["niah_single_1", "niah_multikey_2", "vt"], "lengths": [1024], "samples": 4, "batch": 3,
+            "data_dir": str(data_dir), "db": str(tmp_path / "run.sqlite")}
+    spec.update(changes)
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def rows(db):
+    con = sqlite3.connect(db)
+    out = con.execute("SELECT p.model, p.sample_id, p.text, p.error, s.score FROM predictions p "
+                      "JOIN scores s USING (model, sample_id) ORDER BY 1, 2").fetchall()
+    con.close()
+    return out
+
+
+def test_resume_computes_only_missing_predictions(tmp_path, data_dir, monkeypatch):
+    path = write_spec(tmp_path, data_dir)
+    assert main(["run", str(path)]) == 0
+    first = rows(tmp_path / "run.sqlite")
+    assert len(first) == 12 and {r[4] for r in first} >= {0.0, 1.0}
+    calls = []
+    from longctx.models.mock import MockModel
+
+    original = MockModel.generate
+    monkeypatch.setattr(MockModel, "generate", lambda self, prompts, params: calls.append(len(prompts))
+                        or original(self, prompts, params))
+    assert main(["run", str(path)]) == 0 and calls == []  # nothing to do
+    assert main(["run", str(path), "--samples=6"]) == 0  # a larger n extends every cell
+    assert sum(calls) == 6
+    after = rows(tmp_path / "run.sqlite")
+    assert len(after) == 18 and set(first) <= set(after)
+
+
+def test_a_changed_spec_is_refused_unless_new(tmp_path, data_dir, capsys):
+    path = write_spec(tmp_path, data_dir)
+    assert main(["run", str(path)]) == 0
+    before = rows(tmp_path / "run.sqlite")
+    assert main(["run", str(path), "--seed=7"]) == 2
+    assert "different spec" in capsys.readouterr().err
+    assert rows(tmp_path / "run.sqlite") == before
+    assert main(["run", str(path), "--models.0.args.delay=0.001"]) == 0  # speed settings do not invalidate
+    assert main(["run", str(path), "--seed=7", "--new"]) == 0
+    assert (tmp_path / "run.sqlite.old-1").exists() and rows(tmp_path / "run.sqlite.old-1") == before
+    assert len(rows(tmp_path / "run.sqlite")) == 12 and rows(tmp_path / "run.sqlite") != before
+
+
+def test_budget_guard_stores_failed_rows(tmp_path, data_dir, capsys):
+    path = write_spec(tmp_path, data_dir, models=[{"name": "small", "backend": "mock", "args": {"max_context": 600}}])
+    assert main(["run", str(path)]) == 0
+    got = rows(tmp_path / "run.sqlite")
+    assert len(got) == 12 and all(r[3].startswith("over budget") and r[4] is None for r in got)
+    assert main(["run", str(path), "--retry-failed"]) == 0
+    assert "retrying 12 failed" in capsys.readouterr().out
+
+
+def test_dry_run_counts_and_writes_nothing(tmp_path, data_dir, capsys):
+    path = write_spec(tmp_path, data_dir, lengths=[1024, 2048], samples=5)
+    assert main(["run", str(path), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "6 cells" in out and "30 samples" in out and f"{3 * 5 * 3072:,} prompt tokens" in out
+    assert not (tmp_path / "run.sqlite").exists()
+
+
+def test_sigkill_at_20_random_moments_loses_and_duplicates_nothing(tmp_path, data_dir):
+    # 180 predictions of 0.15 s each: longer than 20 kill cycles can finish, so kills land everywhere
+    # (during start-up, sample generation, between and inside transactions).
+    def spec_args(delay):
+        return dict(samples=60, batch=2, models=[{"name": "mock", "backend": "mock",
+                                                  "args": {"accuracy": 0.7, "delay": delay}}])
+
+    reference = tmp_path / "ref"
+    reference.mkdir()
+    ref_spec = load_spec(write_spec(reference, data_dir, **spec_args(0.0)))  # delay changes speed, not outputs
+    store = RunStore(ref_spec.db_path)
+    store.bind(ref_spec.to_json(), ref_spec.identity())
+    run(ref_spec, store)
+    store.close()
+    want = rows(reference / "run.sqlite")
+    assert len(want) == 180
+
+    path = write_spec(tmp_path, data_dir, **spec_args(0.15))
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    rng = random.Random(20)
+    progress_at_kill = []
+    for _ in range(20):
+        proc = subprocess.Popen([sys.executable, "-m", "longctx.cli", "run", str(path)], env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(0.5, 4.0))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        progress_at_kill.append(len(rows(tmp_path / "run.sqlite")) if (tmp_path / "run.sqlite").exists() else 0)
+    assert subprocess.run([sys.executable, "-m", "longctx.cli", "run", str(path)], env=env,
+                          capture_output=True).returncode == 0
+    got = rows(tmp_path / "run.sqlite")
+    assert got == want  # same predictions and scores, none lost, none twice (primary keys)
+    print("predictions stored at each kill:", progress_at_kill)
+    assert sum(0 < n < 180 for n in progress_at_kill) >= 10, progress_at_kill  # kills landed mid-sweep
+    con = sqlite3.connect(tmp_path / "run.sqlite")
+    assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    assert con.execute("SELECT COUNT(*) FROM predictions").fetchone()[0] == 180
