@@ -139,15 +139,20 @@ def cmd_run(args) -> int:
         db_path.rename(db_path.with_name(f"{db_path.name}.old-{n}"))
         for suffix in ("-wal", "-shm"):
             db_path.with_name(db_path.name + suffix).unlink(missing_ok=True)
+    from .models import check_options
+
+    for m in spec.models:  # every model must be loadable before the run database is touched
+        check_options(m.backend, m.args)
     store = RunStore(db_path)
     store.bind(spec.to_json(), spec.identity())
     if args.retry_failed:
         print(f"retrying {store.forget_failures()} failed predictions")
+    print(describe(p, store))
     console = Console(stderr=True)
-    console.print(describe(p, store))
     per_model = len(p.tasks) * len(spec.lengths) * spec.samples
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()]
-    with Progress(*columns, console=console) as progress:
+    # Live bars on a terminal only (removed when done; the summary table stays); logs stay clean.
+    with Progress(*columns, console=console, transient=True, disable=not console.is_terminal) as progress:
         bars = {m.name: progress.add_task(m.name, total=per_model) for m in spec.models}
 
         def step(model, label, n):
@@ -222,8 +227,13 @@ def main(argv: list[str] | None = None) -> int:
     args, extra = parser.parse_known_args(argv)
     args.overrides = []
     if extra:
-        if args.command != "run" or any(not (x.startswith("--") and "=" in x) for x in extra):
-            parser.parse_args(argv)  # argparse's own one-line error for what it does not know (exit 2)
+        if args.command != "run":
+            parser.parse_args(argv)  # argparse's own error for what it does not know (exit 2)
+        bad = [x for x in extra if not (x.startswith("--") and "=" in x)]
+        if bad:
+            print(f"longctx: error: {bad[0]!r} is neither an option of run nor a --key=value override",
+                  file=sys.stderr)
+            return 2
         args.overrides = extra
     handler = {"generate": cmd_generate, "data": cmd_data, "tasks": cmd_tasks, "models": cmd_models, "run": cmd_run}[args.command]
     try:
@@ -231,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
             warnings.simplefilter("default")
             return handler(args)
     except (UsageError, FitError) as e:
-        print(f"longctx: error: {e}", file=sys.stderr)
+        print(f"longctx: error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
 
 

@@ -67,17 +67,29 @@ def resolve_alias(value):
     return value
 
 
-def load_model(backend: str, **options) -> ModelAdapter:
-    """Instantiate a backend; options are the backend's own keyword arguments."""
-    options = {k: resolve_alias(v) if k in ("path", "tokenizer") else v for k, v in options.items()}
+def check_options(backend: str, options: dict):
+    """The backend's class, after checking it is installed and knows every option (nothing is loaded)."""
     cls = backend_class(backend)
     params = inspect.signature(cls.__init__).parameters
     unknown = sorted(set(options) - set(params) - {"self"})
     if unknown:
         accepted = ", ".join(p for p in params if p != "self")
         raise UsageError(f"backend {backend!r} has no option {', '.join(unknown)}; it accepts: {accepted}")
+    required = [n for n, p in params.items() if n != "self" and p.default is inspect.Parameter.empty]
+    missing = [n for n in required if n not in options]
+    if missing:
+        raise UsageError(f"backend {backend!r} needs the option {missing[0]!r}")
+    for key in ("path", "tokenizer"):
+        resolve_alias(options.get(key))
+    return cls
+
+
+def load_model(backend: str, **options) -> ModelAdapter:
+    """Instantiate a backend; options are the backend's own keyword arguments."""
+    cls = check_options(backend, options)
+    options = {k: resolve_alias(v) if k in ("path", "tokenizer") else v for k, v in options.items()}
     return cls(**options)
 
 
-__all__ = ["BACKENDS", "Completion", "GenParams", "ModelAdapter", "backend_class", "failed", "load_model",
+__all__ = ["BACKENDS", "Completion", "GenParams", "ModelAdapter", "backend_class", "check_options", "failed", "load_model",
            "missing_modules", "over_budget"]

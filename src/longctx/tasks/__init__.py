@@ -74,7 +74,34 @@ def parse_task(text: str) -> TaskSpec:
         if not eq or not key.strip():
             raise UsageError(f"bad task parameter {item!r} in {text!r}: expected key=value")
         params[key.strip()] = yaml.safe_load(value.strip())
-    return base.with_params(text.strip(), **params)
+    spec = base.with_params(text.strip(), **params)
+    check_task_params(spec)
+    return spec
+
+
+EXTRA_PARAMS = {"qa": {"dataset", "all_paragraphs"}}
+
+
+def check_task_params(spec: TaskSpec) -> None:
+    """Unknown parameter names and impossible values are errors when the task is named, not
+    halfway through a sweep."""
+    mod = family_module(spec.family)
+    known = set(getattr(mod, "DEFAULTS", {})) | EXTRA_PARAMS.get(spec.family, set()) | {"tokens_to_generate"}
+    unknown = sorted(k for k, _ in spec.params if k not in known)
+    if unknown:
+        raise UsageError(f"task {spec.name!r}: unknown parameter {unknown[0]!r}; {spec.family} takes "
+                         f"{', '.join(sorted(known))}")
+    p = dict(spec.params)
+    if spec.family == "niah":
+        mod.check_params(p)
+    for key, value in p.items():
+        if key in ("num_chains", "num_hops", "freq_cw", "freq_ucw", "num_cw", "tokens_to_generate") and (
+                not isinstance(value, int) or isinstance(value, bool) or value < 1):
+            raise UsageError(f"task {spec.name!r}: {key} must be a positive integer, not {value!r}")
+    if spec.family == "fwe" and not (isinstance(p.get("alpha", 2.0), (int, float)) and p.get("alpha", 2.0) > 1):
+        raise UsageError(f"task {spec.name!r}: alpha must be a number above 1 (a Zipf exponent)")
+    if spec.family == "qa" and p.get("dataset", "squad") not in ("squad", "hotpotqa"):
+        raise UsageError(f"task {spec.name!r}: dataset must be squad or hotpotqa, not {p['dataset']!r}")
 
 
 def expand_tasks(items: list[str] | str) -> list[TaskSpec]:
