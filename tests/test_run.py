@@ -122,3 +122,17 @@ def test_sigkill_at_20_random_moments_loses_and_duplicates_nothing(tmp_path, dat
     con = sqlite3.connect(tmp_path / "run.sqlite")
     assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     assert con.execute("SELECT COUNT(*) FROM predictions").fetchone()[0] == 180
+
+
+def test_shipped_configs_are_valid_and_dry_run(capsys):
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "configs"
+    assert main(["run", str(root / "quickstart.yaml"), "--dry-run"]) == 0
+    assert main(["run", str(root / "huang2024.yaml"), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "14 cells" in out and "520 cells (8 models x 13 tasks x 5 lengths)" in out
+    spec = load_spec(root / "huang2024.yaml")
+    from longctx.models.catalog import study_checkpoints
+
+    assert [m.args["path"] for m in spec.models] == [c.name for c in study_checkpoints()]
