@@ -105,14 +105,24 @@ def test_sigkill_at_20_random_moments_loses_and_duplicates_nothing(tmp_path, dat
     path = write_spec(tmp_path, data_dir, **spec_args(0.15))
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     rng = random.Random(20)
-    progress_at_kill = []
+    db = tmp_path / "run.sqlite"
+    count = lambda: len(rows(db)) if db.exists() else 0  # noqa: E731
+    progress_at_kill, warmup = [], None
     for _ in range(20):
         proc = subprocess.Popen([sys.executable, "-m", "longctx.cli", "run", str(path)], env=env,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(rng.uniform(0.5, 4.0))
+                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        proc.stdout.readline()  # the plan line: printed once the run database is open
+        opened, before = time.time(), count()
+        if warmup is None:  # the first cycle measures how long loading takes on this (loaded) machine
+            while count() == before and proc.poll() is None:
+                time.sleep(0.01)
+            warmup = time.time() - opened
+        else:  # then kill anywhere from mid-loading to a second and a half into the predictions
+            time.sleep(warmup * rng.uniform(0.5, 1.0) + rng.uniform(0.0, 1.5))
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-        progress_at_kill.append(len(rows(tmp_path / "run.sqlite")) if (tmp_path / "run.sqlite").exists() else 0)
+        proc.stdout.close()
+        progress_at_kill.append(count())
     assert subprocess.run([sys.executable, "-m", "longctx.cli", "run", str(path)], env=env,
                           capture_output=True).returncode == 0
     got = rows(tmp_path / "run.sqlite")
