@@ -146,3 +146,29 @@ def test_shipped_configs_are_valid_and_dry_run(capsys):
     from longctx.models.catalog import study_checkpoints
 
     assert [m.args["path"] for m in spec.models] == [c.name for c in study_checkpoints()]
+
+
+def test_ray_executor_writes_the_same_rows_as_local(tmp_path, data_dir, monkeypatch):
+    """A local Ray runtime on loopback only; ray.shutdown() stops just the processes it started."""
+    pytest.importorskip("ray", reason="ray is part of the dev extra")
+    monkeypatch.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    import ray
+
+    local_dir, ray_dir = tmp_path / "local", tmp_path / "ray"
+    local_dir.mkdir(), ray_dir.mkdir()
+    assert main(["run", str(write_spec(local_dir, data_dir, samples=5, batch=2))]) == 0
+    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
+    try:
+        path = write_spec(ray_dir, data_dir, samples=5, batch=2)
+        assert main(["run", str(path), "--executor", "ray", "--workers", "2"]) == 0
+        assert rows(ray_dir / "run.sqlite") == rows(local_dir / "run.sqlite")
+        # Resume semantics are the same: a second run has nothing left to do.
+        con = sqlite3.connect(ray_dir / "run.sqlite")
+        con.execute("DELETE FROM predictions WHERE rowid IN (SELECT rowid FROM predictions LIMIT 4)")
+        con.execute("DELETE FROM scores WHERE (model, sample_id) NOT IN (SELECT model, sample_id FROM predictions)")
+        con.commit()
+        con.close()
+        assert main(["run", str(path), "--executor", "ray", "--workers", "2"]) == 0
+        assert rows(ray_dir / "run.sqlite") == rows(local_dir / "run.sqlite")
+    finally:
+        ray.shutdown()

@@ -76,6 +76,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--new", action="store_true", help="start the run over (the old database is kept as .old-N)")
     r.add_argument("--retry-failed", action="store_true", help="recompute predictions stored with an error")
     r.add_argument("--db", help="run database path (default runs/<name>.sqlite)")
+    r.add_argument("--executor", default="local", choices=["local", "ray"], help="where predictions run (default local)")
+    r.add_argument("--address", help="Ray cluster address (default: start a local Ray runtime)")
+    r.add_argument("--workers", type=int, help="Ray workers per model (default: one per GPU, or per --cpus-per-worker)")
+    r.add_argument("--cpus-per-worker", type=float, default=1.0)
+    r.add_argument("--gpus-per-worker", type=float, default=0.0)
 
     sub.add_parser("tasks", help="list tasks and suites")
     sub.add_parser("models", help="list backends, what is installed, and the known checkpoints")
@@ -158,7 +163,11 @@ def cmd_run(args) -> int:
         def step(model, label, n):
             progress.update(bars[model], advance=n, description=f"{model} {label}")
 
-        run(spec, store, progress=step)
+        ray_options = {}
+        if args.executor == "ray":
+            ray_options = dict(address=args.address, workers=args.workers, cpus_per_worker=args.cpus_per_worker,
+                               gpus_per_worker=args.gpus_per_worker)
+        run(spec, store, progress=step, executor=args.executor, **ray_options)
     print_summary(store, db_path)
     store.close()
     return 0

@@ -75,10 +75,20 @@ def describe(p: Plan, store: RunStore | None) -> str:
             f"about {tokens_left / rate / 60:.1f} min at {rate:.0f} tokens/s ({how})")
 
 
-def run(spec: RunSpec, store: RunStore, progress=None) -> None:
+def run(spec: RunSpec, store: RunStore, progress=None, executor: str = "local", **ray_options) -> None:
     """Compute every missing prediction of the spec. `progress(model, label, n_done)` is called
-    after each stored batch."""
+    after each stored batch. `executor="ray"` spreads the batches over Ray workers."""
     p = plan(spec)
+    if executor == "ray":
+        import importlib.util
+
+        if importlib.util.find_spec("ray") is None:
+            raise UsageError("--executor ray needs Ray: pip install 'longctx[ray]'")
+        from .runner_ray import run_on_ray
+
+        return run_on_ray(spec, store, p.tasks, progress, **ray_options)
+    if executor != "local":
+        raise UsageError(f"executor must be 'local' or 'ray', not {executor!r}")
     for model_spec in spec.models:
         adapter = load_model(model_spec.backend, **model_spec.args)
         if adapter.tokenizer is None:

@@ -85,7 +85,7 @@ class RunStore:
             self.db.executemany("INSERT INTO predictions VALUES (?,?,?,?,?,?,?,?)", [
                 (model, s.id, c.text, c.prompt_tokens, c.output_tokens, c.seconds, c.error, now)
                 for s, c in zip(samples, completions)])
-            self.db.executemany("INSERT INTO scores VALUES (?,?,?,?)", [
+            self.db.executemany("INSERT OR REPLACE INTO scores VALUES (?,?,?,?)", [  # derived data
                 (model, s.id, s.metric, sc) for s, sc in zip(samples, scores)])
 
     def forget_failures(self) -> int:
