@@ -40,6 +40,24 @@ def test_family_batched_chunked_equals_naive_uncached(family, checkpoints, bpe):
     assert [c.text for c in got] == want
 
 
+def test_attention_batches_drop_finished_rows_and_equal_naive(checkpoints, bpe):
+    """Llama batches decode with rows leaving the batch as they end (greedy_shrinking)."""
+    from transformers import GenerationConfig
+
+    model = load_model("hf", path=str(checkpoints["llama"]), batch_size=4)
+    assert model.prefill_chunk is None and model._shrinks
+    # Make a frequent token an end token, so rows end at different steps.
+    first = [c.text for c in model.generate(PROMPTS, GenParams(max_new_tokens=12))]
+    common = bpe.encode(first[0])[-1] if bpe.encode(first[0]) else 5
+    model.eos_ids = {2, common}
+    model.model.generation_config = GenerationConfig(eos_token_id=[2, common], pad_token_id=2)
+    got = model.generate(PROMPTS, GenParams(max_new_tokens=12))
+    lengths = {c.output_tokens for c in got}
+    want = [naive(model.model, bpe, p, 12) for p in PROMPTS]
+    assert [c.text for c in got] == want
+    assert len(lengths) > 1  # rows really ended at different steps
+
+
 def test_recurrent_families_prefill_in_chunks_by_default(checkpoints):
     assert load_model("hf", path=str(checkpoints["mamba2"])).prefill_chunk == 2048
     assert load_model("hf", path=str(checkpoints["llama"])).prefill_chunk is None

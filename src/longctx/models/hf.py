@@ -18,7 +18,11 @@ from typing import Sequence
 from ..errors import UsageError
 from ..tokenizer import Tokenizer, _file_sha256, default_cache_dir, load_tokenizer
 from .base import Completion, GenParams, cut_at_stop, triage
-from .stateful import STATEFUL_FAMILIES, greedy_stateful
+from .stateful import STATEFUL_FAMILIES, greedy_shrinking, greedy_stateful
+
+# Pure attention decoders whose KV cache can drop finished rows mid-batch (tested per family).
+SHRINKABLE = {"llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "phi3", "olmo", "olmo2",
+              "granite", "smollm3", "starcoder2"}
 
 # Families with a recurrent state: prefill in chunks by default.
 RECURRENT_FAMILIES = {"mamba", "mamba2", "rwkv", "bamba", "zamba2", "falcon_h1", "nemotron_h",
@@ -58,6 +62,7 @@ class HFModel:
         if chat_template and not tokenizer.chat_template:
             raise UsageError(f"chat_template requested but {name}'s tokenizer has none")
         self.max_context, self.train_context = max_context, train_context
+        self._shrinks = family in SHRINKABLE
         if prefill_chunk == -1:  # auto
             prefill_chunk = DEFAULT_CHUNK if family in RECURRENT_FAMILIES else None
         self.prefill_chunk = None if (not prefill_chunk or family in UNCHUNKABLE) else int(prefill_chunk)
@@ -110,6 +115,10 @@ class HFModel:
         ids = torch.tensor([[self.pad_id] * (width - len(r)) + r for r in rows], device=self.device)
         if self._stateful(width):  # equal lengths, no padding (see _batches)
             out = greedy_stateful(self.model, self.family, ids, max_new, self.eos_ids, self.prefill_chunk)
+        elif self._shrinks and len(rows) > 1 and not (self.prefill_chunk and width > self.prefill_chunk):
+            mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=self.device)
+            produced = greedy_shrinking(self.model, ids, mask, max_new, self.eos_ids)
+            return [_until_eos(p, self.eos_ids) for p in produced]
         else:
             mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=self.device)
             extra = {}
