@@ -172,3 +172,18 @@ def test_ray_executor_writes_the_same_rows_as_local(tmp_path, data_dir, monkeypa
         assert rows(ray_dir / "run.sqlite") == rows(local_dir / "run.sqlite")
     finally:
         ray.shutdown()
+
+
+def test_score_recomputes_from_stored_predictions(tmp_path, data_dir, capsys):
+    path = write_spec(tmp_path, data_dir)
+    assert main(["run", str(path)]) == 0
+    db = tmp_path / "run.sqlite"
+    want = rows(db)
+    con = sqlite3.connect(db)
+    con.execute("UPDATE scores SET score = 0.5")  # as if an old metric had been wrong
+    con.commit()
+    con.close()
+    assert main(["score", str(db)]) == 0
+    assert "12 scores changed" in capsys.readouterr().out
+    assert rows(db) == want
+    assert main(["score", str(tmp_path / "nope.sqlite")]) == 2

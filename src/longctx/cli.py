@@ -1,4 +1,4 @@
-"""The `longctx` command line: run | generate | data download | tasks | models.
+"""The `longctx` command line: run | score | generate | data download | tasks | models.
 
 User errors (bad arguments, missing data, impossible lengths) print one line and exit with 2.
 """
@@ -81,6 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--workers", type=int, help="Ray workers per model (default: one per GPU, or per --cpus-per-worker)")
     r.add_argument("--cpus-per-worker", type=float, default=1.0)
     r.add_argument("--gpus-per-worker", type=float, default=0.0)
+
+    sc = sub.add_parser("score", help="re-score a run's stored predictions with the current metrics")
+    sc.add_argument("db", help="run database (runs/<name>.sqlite)")
 
     sub.add_parser("tasks", help="list tasks and suites")
     sub.add_parser("models", help="list backends, what is installed, and the known checkpoints")
@@ -192,6 +195,20 @@ def print_summary(store, db_path) -> None:
     Console().print(table)
 
 
+def cmd_score(args) -> int:
+    from .store import RunStore
+
+    path = Path(args.db)
+    if not path.is_file():
+        raise UsageError(f"run database not found: {path}")
+    store = RunStore(path)
+    n, changed = store.rescore()
+    print(f"re-scored {n} predictions in {path}; {changed} scores changed")
+    print_summary(store, path)
+    store.close()
+    return 0
+
+
 def cmd_data(args) -> int:
     from .corpora import DataPaths
     from .download import download
@@ -244,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
                   file=sys.stderr)
             return 2
         args.overrides = extra
-    handler = {"generate": cmd_generate, "data": cmd_data, "tasks": cmd_tasks, "models": cmd_models, "run": cmd_run}[args.command]
+    handler = {"generate": cmd_generate, "data": cmd_data, "tasks": cmd_tasks, "models": cmd_models, "run": cmd_run, "score": cmd_score}[args.command]
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("default")

@@ -95,6 +95,23 @@ class RunStore:
                             "(SELECT model, sample_id FROM predictions WHERE error IS NOT NULL)")
             return self.db.execute("DELETE FROM predictions WHERE error IS NOT NULL").rowcount
 
+    def rescore(self) -> tuple[int, int]:
+        """Recompute every score from the stored prediction and targets with today's metrics
+        (a metric fix never needs re-inference). Returns (rows scored, rows whose score changed)."""
+        from .scoring import score
+
+        rows = self.db.execute(
+            "SELECT p.model, p.sample_id, p.text, p.error, s.metric, s.targets, sc.score FROM predictions p "
+            "JOIN samples s USING (model, sample_id) LEFT JOIN scores sc USING (model, sample_id)").fetchall()
+        updates, changed = [], 0
+        for model, sid, text, error, metric, targets, old in rows:
+            new = None if error is not None else score(metric, text, json.loads(targets))
+            changed += new != old
+            updates.append((model, sid, metric, new))
+        with self.transaction():
+            self.db.executemany("INSERT OR REPLACE INTO scores VALUES (?,?,?,?)", updates)
+        return len(updates), changed
+
     # -- reads ------------------------------------------------------------------------
     def done_ids(self, model: str, ids: Sequence[str]) -> set[str]:
         done: set[str] = set()
