@@ -1,4 +1,4 @@
-"""The `longctx` command line: run | score | generate | data download | tasks | models.
+"""The `longctx` command line: run | score | report | generate | data download | tasks | models.
 
 User errors (bad arguments, missing data, impossible lengths) print one line and exit with 2.
 """
@@ -84,6 +84,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     sc = sub.add_parser("score", help="re-score a run's stored predictions with the current metrics")
     sc.add_argument("db", help="run database (runs/<name>.sqlite)")
+
+    rp = sub.add_parser("report", help="tables, figures and one report.html from one or more runs")
+    rp.add_argument("db", nargs="+", help="run databases (runs/<name>.sqlite), shown side by side")
+    rp.add_argument("--out", default="report", help="output folder (default ./report)")
+    rp.add_argument("--reference", action="store_true", help="show the paper's published number beside ours")
+    rp.add_argument("--threshold", type=float, default=85.6, help="effective-length threshold (default 85.6)")
 
     sub.add_parser("tasks", help="list tasks and suites")
     sub.add_parser("models", help="list backends, what is installed, and the known checkpoints")
@@ -209,6 +215,19 @@ def cmd_score(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    from .report import make_report
+
+    for db in args.db:
+        if not Path(db).is_file():
+            raise UsageError(f"run database not found: {db}")
+    if not 0 < args.threshold <= 100:
+        raise UsageError("--threshold is a score in (0, 100]")
+    path = make_report([Path(d) for d in args.db], Path(args.out), args.reference, args.threshold / 100)
+    print(f"wrote {path} (tables in {path.parent / 'tables'}, figures in {path.parent / 'figures'})")
+    return 0
+
+
 def cmd_data(args) -> int:
     from .corpora import DataPaths
     from .download import download
@@ -261,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
                   file=sys.stderr)
             return 2
         args.overrides = extra
-    handler = {"generate": cmd_generate, "data": cmd_data, "tasks": cmd_tasks, "models": cmd_models, "run": cmd_run, "score": cmd_score}[args.command]
+    handler = {"generate": cmd_generate, "data": cmd_data, "tasks": cmd_tasks, "models": cmd_models, "run": cmd_run, "score": cmd_score, "report": cmd_report}[args.command]
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("default")

@@ -95,11 +95,13 @@ def run(spec: RunSpec, store: RunStore, progress=None, executor: str = "local", 
             raise UsageError(f"model {model_spec.name} has no local tokenizer to fit samples with; "
                              "give its args a 'tokenizer'")
         ctx = GenContext(adapter.tokenizer, _options(spec, model_spec, adapter), DataPaths(spec.data_dir))
+        store.set_model_info(model_spec.name, model_info(model_spec, adapter))
         cache = SampleCache()
         for task in p.tasks:
             for length in spec.lengths:
                 samples = cache.get(task, length, spec.samples, ctx)
                 store.add_samples(model_spec.name, samples)
+                store.add_examples(model_spec.name, samples[:2])
                 done = store.done_ids(model_spec.name, [s.id for s in samples])
                 todo = [s for s in samples if s.id not in done]
                 if progress and done:
@@ -134,6 +136,18 @@ def run_batch(adapter, batch: list[Sample]) -> list[Completion]:
             out[i] = c if c.seconds else Completion(c.text, c.prompt_tokens, c.output_tokens,
                                                     (time.perf_counter() - start) / len(todo), c.error)
     return out  # type: ignore[return-value]
+
+
+def model_info(model_spec: ModelSpec, adapter) -> dict:
+    """What reports need to know about a model: where it ran and its training context."""
+    from .models.catalog import CHECKPOINTS
+
+    train = getattr(adapter, "train_context", None)
+    for c in CHECKPOINTS:
+        if c.name == model_spec.args.get("path"):
+            train = c.train_context
+    return {"backend": model_spec.backend, "family": getattr(adapter, "family", None), "train_context": train,
+            "max_context": getattr(adapter, "max_context", None)}
 
 
 def _options(spec: RunSpec, model: ModelSpec, adapter) -> GenOptions:

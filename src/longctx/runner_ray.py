@@ -25,10 +25,16 @@ def _worker_class():
             from .runner import _options
             from .tasks.base import GenContext
 
+            self.model_spec = model_spec
             self.adapter = load_model(model_spec.backend, **model_spec.args)
             self.ctx = GenContext(self.adapter.tokenizer, _options(spec, model_spec, self.adapter),
                                   DataPaths(spec.data_dir))
             self.cache, self.cells, self.n = SampleCache(), {}, spec.samples
+
+        def info(self) -> dict:
+            from .runner import model_info
+
+            return model_info(self.model_spec, self.adapter)
 
         def samples(self, task, length: int):
             key = (task.name, length)
@@ -66,6 +72,7 @@ def run_on_ray(spec: RunSpec, store: RunStore, tasks, progress=None, address: st
         worker_cls = _worker_class().options(num_cpus=cpus_per_worker, num_gpus=gpus_per_worker)
         for model_spec in spec.models:
             pool = [worker_cls.remote(spec, model_spec) for _ in range(workers)]
+            store.set_model_info(model_spec.name, ray.get(pool[0].info.remote()))
             _run_model(spec, store, model_spec, tasks, pool, progress)
             for actor in pool:
                 ray.kill(actor)
@@ -83,6 +90,7 @@ def _run_model(spec, store, model_spec, tasks, pool, progress) -> None:
         for length in spec.lengths:
             samples = ray.get(pool[turn % len(pool)].samples.remote(task, length))
             store.add_samples(model_spec.name, samples)
+            store.add_examples(model_spec.name, samples[:2])
             done = store.done_ids(model_spec.name, [s.id for s in samples])
             todo = [s.id for s in samples if s.id not in done]
             if progress and done:

@@ -29,6 +29,8 @@ CREATE TABLE IF NOT EXISTS predictions (
     model TEXT NOT NULL, sample_id TEXT NOT NULL, text TEXT NOT NULL, prompt_tokens INTEGER,
     output_tokens INTEGER, seconds REAL NOT NULL, error TEXT, created REAL NOT NULL,
     PRIMARY KEY (model, sample_id));
+CREATE TABLE IF NOT EXISTS examples (
+    model TEXT NOT NULL, sample_id TEXT NOT NULL, prompt TEXT NOT NULL, PRIMARY KEY (model, sample_id));
 CREATE TABLE IF NOT EXISTS scores (
     model TEXT NOT NULL, sample_id TEXT NOT NULL, metric TEXT NOT NULL, score REAL,
     PRIMARY KEY (model, sample_id));
@@ -76,6 +78,20 @@ class RunStore:
                  json.dumps(s.meta, sort_keys=True)) for s in samples]
         with self.transaction():
             self.db.executemany("INSERT OR IGNORE INTO samples VALUES (?,?,?,?,?,?,?,?,?)", rows)
+
+    def add_examples(self, model: str, samples: Iterable[Sample]) -> None:
+        """A few full prompts per cell, for reports (all other prompt texts stay in the sample cache)."""
+        with self.transaction():
+            self.db.executemany("INSERT OR IGNORE INTO examples VALUES (?,?,?)",
+                                [(model, s.id, s.full_prompt) for s in samples])
+
+    def set_model_info(self, model: str, info: dict) -> None:
+        with self.transaction():
+            self.db.execute("INSERT OR REPLACE INTO run VALUES (?, ?)", (f"model:{model}", json.dumps(info)))
+
+    def model_info(self) -> dict[str, dict]:
+        return {k[len("model:"):]: json.loads(v) for k, v in self.db.execute(
+            "SELECT key, value FROM run WHERE key LIKE 'model:%'")}
 
     def write_batch(self, model: str, samples: Sequence[Sample], completions: Sequence[Completion],
                     scores: Sequence[float | None]) -> None:

@@ -1,0 +1,117 @@
+"""The study's pictures, as PNG and SVG: the depth x length needle heatmap per model, accuracy vs
+length per model with its training length marked, and per-task small multiples."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+
+from ..tasks import RULER_TASKS
+
+
+def _plt():
+    try:
+        import matplotlib
+    except ImportError:
+        from ..errors import UsageError
+
+        raise UsageError("figures need matplotlib: pip install 'longctx[plot]'") from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, out: Path, stem: str) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [out / f"{stem}.png", out / f"{stem}.svg"]
+    for p in paths:
+        fig.savefig(p, dpi=110, bbox_inches="tight")
+    _plt().close(fig)
+    return paths
+
+
+def _means(rows, keys):
+    acc = defaultdict(list)
+    for r in rows:
+        if r["score"] is not None:
+            acc[tuple(r[k] for k in keys)].append(r["score"])
+    return {k: 100 * sum(v) / len(v) for k, v in acc.items()}
+
+
+def depth_heatmaps(rows, out: Path) -> list[Path]:
+    """Needle tasks run at fixed depths: one depth x length heatmap per model (and task family)."""
+    plt = _plt()
+    needle = [r for r in rows if r["depth"] is not None]
+    paths = []
+    for model in sorted({r["model"] for r in needle}):
+        sub = [r for r in needle if r["model"] == model]
+        means = _means(sub, ("depth", "length"))
+        depths, lengths = sorted({d for d, _ in means}), sorted({n for _, n in means})
+        grid = [[means.get((d, n), float("nan")) for n in lengths] for d in depths]
+        fig, ax = plt.subplots(figsize=(1.2 + 0.9 * len(lengths), 1 + 0.45 * len(depths)))
+        im = ax.imshow(grid, cmap="RdYlGn", vmin=0, vmax=100, aspect="auto")
+        ax.set_xticks(range(len(lengths)), [f"{n // 1024}K" if n % 1024 == 0 else n for n in lengths])
+        ax.set_yticks(range(len(depths)), [f"{d:g}%" for d in depths])
+        ax.set_xlabel("context length (tokens)")
+        ax.set_ylabel("needle depth")
+        ax.set_title(f"{model}: needle retrieval")
+        for i, row in enumerate(grid):
+            for j, v in enumerate(row):
+                if v == v:
+                    ax.text(j, i, f"{v:.0f}", ha="center", va="center", fontsize=8)
+        fig.colorbar(im, ax=ax, label="score")
+        paths += _save(fig, out, f"heatmap_{_safe(model)}")
+    return paths
+
+
+def length_curves(rows, info, out: Path) -> list[Path]:
+    """RULER average vs length, one line per model, its training length marked."""
+    plt = _plt()
+    ruler = [r for r in rows if r["task"] in RULER_TASKS]
+    if not ruler:
+        return []
+    per_task = _means(ruler, ("model", "task", "length"))
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for i, model in enumerate(sorted({r["model"] for r in ruler})):
+        lengths = sorted({n for m, _, n in per_task if m == model})
+        avg = [sum(v for (m, _, n2), v in per_task.items() if m == model and n2 == n)
+               / sum(1 for (m, _, n2) in per_task if m == model and n2 == n) for n in lengths]
+        line, = ax.plot(lengths, avg, marker="o", label=model)
+        train = (info.get(model) or {}).get("train_context")
+        if train:
+            ax.axvline(train, color=line.get_color(), linestyle=":", alpha=0.8)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("context length (tokens); dotted: training length")
+    ax.set_ylabel("RULER average")
+    ax.set_ylim(0, 100)
+    ax.legend(fontsize=8)
+    return _save(fig, out, "length_curves")
+
+
+def task_multiples(rows, out: Path) -> list[Path]:
+    """One small panel per RULER task: score vs length for every model."""
+    plt = _plt()
+    ruler = [r for r in rows if r["task"] in RULER_TASKS]
+    tasks = [t for t in RULER_TASKS if any(r["task"] == t for r in ruler)]
+    if not tasks:
+        return []
+    means = _means(ruler, ("model", "task", "length"))
+    cols = min(4, len(tasks))
+    nrows = -(-len(tasks) // cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(3 * cols, 2.4 * nrows), squeeze=False, sharey=True)
+    for ax, task in zip(axes.flat, tasks):
+        for model in sorted({m for m, t, _ in means if t == task}):
+            pts = sorted((n, v) for (m, t, n), v in means.items() if m == model and t == task)
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=".", label=model)
+        ax.set_xscale("log", base=2)
+        ax.set_title(task, fontsize=9)
+        ax.set_ylim(0, 100)
+    for ax in list(axes.flat)[len(tasks):]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=7)
+    return _save(fig, out, "tasks")
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
