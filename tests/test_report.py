@@ -71,6 +71,17 @@ def test_tables_equal_hand_computed_values(run_db):
     assert row[3:] == ["4", "75.00", f"{100 * w.low:.2f}", f"{100 * w.high:.2f}"]
 
 
+def test_paired_comparison_by_sample_index(run_db):
+    from longctx.report.tables import paired_table
+
+    rows, _ = load_rows([run_db])
+    t = paired_table(rows)
+    # B vs Mamba2 at niah_single_1@2048: B [1,1,1,1], Mamba2 [1,0,0,0]: 3 discordant pairs, all for
+    # B, exact two-sided McNemar p = 2 * (1/2)^3 = 0.25.
+    assert ["B", "Mamba2", "niah_single_1", "2048", "4", "+75.00", "0.25", "McNemar"] in t.rows
+    assert ["B", "Mamba2", "vt", "1024", "4", "+50.00", "0.5", "McNemar"] in t.rows
+
+
 def test_published_numbers_beside_ours(run_db):
     rows, info = load_rows([run_db])
     t = by_key(build_tables(rows, info, reference=True))

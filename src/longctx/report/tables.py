@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-from ..stats import area_under_length_curve, effective_length, interval
+from ..stats import area_under_length_curve, effective_length, interval, mcnemar, paired_bootstrap
 from ..tasks import FORMATS, RULER_TASKS
 
 
@@ -157,6 +157,32 @@ def interval_table(rows: list[dict]) -> Table:
     for (m, task, n), scores in sorted(_cells(rows, ("model", "task", "length")).items()):
         ci = interval(scores)
         t.rows.append([m, task, str(n), str(ci.n), f"{100 * ci.mean:.2f}", f"{100 * ci.low:.2f}", f"{100 * ci.high:.2f}"])
+    return t
+
+
+def paired_table(rows: list[dict]) -> Table:
+    """Each model against the first (alphabetically) on the same samples, paired by (task, length,
+    index): the mean difference and whether it is real (exact McNemar for 0/1 scores, paired
+    bootstrap otherwise)."""
+    t = Table("paired", "paired comparison on the same samples (difference x100, two-sided p)",
+              ["model", "vs", "task", "length", "n", "difference", "p", "test"])
+    scores = {(r["model"], r["task"], r["length"], r["idx"]): r["score"] for r in rows if r["score"] is not None}
+    models = sorted({r["model"] for r in rows})
+    cells = sorted({(task, n) for _, task, n, _ in scores})
+    for other in models[1:]:
+        for task, n in cells:
+            idx = sorted(i for m, t2, n2, i in scores if m == models[0] and t2 == task and n2 == n
+                         and (other, task, n, i) in scores)
+            if not idx:
+                continue
+            a = [scores[(models[0], task, n, i)] for i in idx]
+            b = [scores[(other, task, n, i)] for i in idx]
+            if all(x in (0.0, 1.0) for x in a + b):
+                p, test = mcnemar(a, b)[2], "McNemar"
+            else:
+                p, test = paired_bootstrap(a, b)[1], "paired bootstrap"
+            diff = (sum(a) - sum(b)) / len(idx)
+            t.rows.append([models[0], other, task, str(n), str(len(idx)), f"{100 * diff:+.2f}", f"{p:.3g}", test])
     return t
 
 
