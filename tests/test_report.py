@@ -124,6 +124,20 @@ def test_report_opens_in_headless_chromium_without_console_errors(run_db, tmp_pa
     assert ":CONSOLE" in chromium(bad.as_uri(), tmp_path)[1]
 
 
-def test_report_errors(tmp_path, capsys):
+def test_group_by_any_columns(run_db, tmp_path):
+    from longctx.report.tables import group_table
+
+    rows, _ = load_rows([run_db])
+    t = group_table(rows, ["model", "depth"])
+    # Mamba2 depth 0: [1,1] at 1K and [0,0] at 2K -> 2/4; depth 50: niah_single_2 [0,1] + [1,0] and
+    # essay-word-number [1,0,0,0] -> 3/8
+    assert ["Mamba2", "0", "4", "50.00"] == t.rows[1][:4] and ["Mamba2", "50", "8", "37.50"] == t.rows[2][:4]
+    assert main(["report", str(run_db), "--out", str(tmp_path / "r"), "--by", "model,haystack"]) == 0
+    assert (tmp_path / "r" / "tables" / "by_model_haystack.md").exists()
+
+
+def test_report_errors(run_db, tmp_path, capsys):
     assert main(["report", str(tmp_path / "none.sqlite")]) == 2
     assert "run database not found" in capsys.readouterr().err
+    assert main(["report", str(run_db), "--by", "model,colour"]) == 2
+    assert "--by takes columns" in capsys.readouterr().err

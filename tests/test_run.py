@@ -141,7 +141,7 @@ def test_shipped_configs_are_valid_and_dry_run(capsys):
     assert main(["run", str(root / "quickstart.yaml"), "--dry-run"]) == 0
     assert main(["run", str(root / "huang2024.yaml"), "--dry-run"]) == 0
     out = capsys.readouterr().out
-    assert "14 cells" in out and "520 cells (8 models x 13 tasks x 5 lengths)" in out
+    assert "14 cells" in out and "1160 cells (8 models x 29 tasks x 5 lengths)" in out
     spec = load_spec(root / "huang2024.yaml")
     from longctx.models.catalog import study_checkpoints
 

@@ -90,6 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--out", default="report", help="output folder (default ./report)")
     rp.add_argument("--reference", action="store_true", help="show the paper's published number beside ours")
     rp.add_argument("--threshold", type=float, default=85.6, help="effective-length threshold (default 85.6)")
+    rp.add_argument("--by", action="append", default=[],
+                    help="an extra table grouped by these columns, e.g. --by model,haystack,length (repeatable)")
 
     sub.add_parser("tasks", help="list tasks and suites")
     sub.add_parser("models", help="list backends, what is installed, and the known checkpoints")
@@ -223,7 +225,14 @@ def cmd_report(args) -> int:
             raise UsageError(f"run database not found: {db}")
     if not 0 < args.threshold <= 100:
         raise UsageError("--threshold is a score in (0, 100]")
-    path = make_report([Path(d) for d in args.db], Path(args.out), args.reference, args.threshold / 100)
+    from .report.tables import GROUPABLE
+
+    by = [tuple(k.strip() for k in item.split(",") if k.strip()) for item in args.by]
+    for keys in by:
+        bad = [k for k in keys if k not in GROUPABLE]
+        if bad or not keys:
+            raise UsageError(f"--by takes columns from {', '.join(GROUPABLE)}; not {','.join(bad) or 'nothing'}")
+    path = make_report([Path(d) for d in args.db], Path(args.out), args.reference, args.threshold / 100, by)
     print(f"wrote {path} (tables in {path.parent / 'tables'}, figures in {path.parent / 'figures'})")
     return 0
 

@@ -6,12 +6,14 @@ from pathlib import Path
 
 from .figures import depth_heatmaps, length_curves, task_multiples
 from .html import write_html
-from .tables import build_tables, interval_table, load_rows, paired_table, write_tables
+from .tables import build_tables, group_table, interval_table, load_rows, paired_table, write_tables
 
 
-def make_report(db_paths, out: Path, reference: bool = False, threshold: float = 0.856) -> Path:
+def make_report(db_paths, out: Path, reference: bool = False, threshold: float = 0.856, by=()) -> Path:
     rows, info = load_rows(db_paths)
     tables = build_tables(rows, info, reference=reference, threshold=threshold) + [interval_table(rows)]
+    for keys in by:
+        tables.append(group_table(rows, list(keys)))
     if len({r["model"] for r in rows}) > 1:
         tables.append(paired_table(rows))
     write_tables(tables, out / "tables")

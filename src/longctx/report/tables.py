@@ -21,6 +21,11 @@ from ..stats import area_under_length_curve, effective_length, interval, mcnemar
 from ..tasks import FORMATS, RULER_TASKS
 
 
+# Sample metadata that becomes a column for grouping (besides model, task, base_task, length, depth).
+GROUP_COLUMNS = ("haystack", "key_type", "value_type", "family")
+GROUPABLE = ("model", "task", "base_task", "length", "depth", "run", *GROUP_COLUMNS)
+
+
 @dataclass
 class Table:
     key: str  # file stem: table1, task_vt, depth_1x ...
@@ -37,9 +42,11 @@ def load_rows(db_paths) -> tuple[list[dict], dict[str, dict]]:
     for path in db_paths:
         store = RunStore(Path(path))
         for r in store.results():
-            params = json.loads(r["meta"]).get("params", {})
+            meta = json.loads(r["meta"])
+            params = meta.get("params", {})
             base = r["task"].split(":")[0]
-            rows.append(r | {"base_task": base, "depth": params.get("depth"), "run": str(path)})
+            rows.append(r | {"base_task": base, "depth": params.get("depth"), "run": str(path),
+                             **{k: meta.get(k, params.get(k)) for k in GROUP_COLUMNS}})
         info |= store.model_info()
         store.close()
     return rows, info
@@ -159,6 +166,16 @@ def interval_table(rows: list[dict]) -> Table:
     for (m, task, n), scores in sorted(_cells(rows, ("model", "task", "length")).items()):
         ci = interval(scores)
         t.rows.append([m, task, str(n), str(ci.n), f"{100 * ci.mean:.2f}", f"{100 * ci.low:.2f}", f"{100 * ci.high:.2f}"])
+    return t
+
+
+def group_table(rows: list[dict], keys: list[str]) -> Table:
+    """Mean and 95 % interval grouped by any columns (model, task, length, depth, haystack, ...)."""
+    t = Table("by_" + "_".join(keys), f"scores by {', '.join(keys)}", [*keys, "n", "mean", "low", "high"])
+    for key, scores in sorted(_cells(rows, tuple(keys)).items(), key=lambda kv: tuple(map(str, kv[0]))):
+        ci = interval(scores)
+        t.rows.append([*map(lambda v: "-" if v is None else str(v), key), str(ci.n), f"{100 * ci.mean:.2f}",
+                       f"{100 * ci.low:.2f}", f"{100 * ci.high:.2f}"])
     return t
 
 
