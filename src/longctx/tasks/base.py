@@ -9,6 +9,7 @@ steps: no loop here can spin forever.
 from __future__ import annotations
 
 import bisect
+import math
 import random
 import re
 from dataclasses import dataclass, field
@@ -151,41 +152,53 @@ def fit_size(build: Callable[[int], Draft], lo: int, hi: int, hint: int, budget:
              what: str) -> tuple[int, Draft]:
     """Largest n in [lo, hi] whose draft fits `budget` tokens, searching from `hint`.
 
-    Counts grow with n (pieces are added, never changed), so a gallop from the hint followed
-    by bisection finds it in O(log) builds. Raises FitError if even n = lo does not fit.
+    Counts grow with n (pieces are added, never changed) and about linearly, so a few secant
+    jumps land next to the answer; a gallop for a missing bound and a bisection then make it
+    exact. Each n is built at most once. Raises FitError if even n = lo does not fit.
     """
-    n = min(max(hint, lo), hi)
-    d = build(n)
-    if d.tokens <= budget:
-        good, good_d, step = n, d, 1
-        while good < hi:  # gallop up
-            probe = min(good + step, hi)
-            pd = build(probe)
-            if pd.tokens > budget:
-                bad = probe
-                break
-            good, good_d, step = probe, pd, step * 2
+    built: dict[int, Draft] = {}
+    good: int | None = None  # largest n known to fit
+    bad: int | None = None  # smallest n known not to fit
+
+    def probe(n: int) -> None:
+        nonlocal good, bad
+        if n not in built:
+            built[n] = build(n)
+        if built[n].tokens <= budget:
+            good = n if good is None else max(good, n)
         else:
-            return good, good_d
-    else:
-        bad, step = n, 1
-        while True:  # gallop down
-            probe = max(bad - step, lo)
-            pd = build(probe)
-            if pd.tokens <= budget:
-                good, good_d = probe, pd
-                break
-            if probe == lo:
-                raise FitError(f"{what}: even the smallest prompt ({pd.tokens} tokens) exceeds the budget of {budget}")
-            bad, step = probe, step * 2
+            bad = n if bad is None else min(bad, n)
+
+    tried = [min(max(hint, lo), hi)]
+    probe(tried[0])
+    for _ in range(6):  # secant jumps towards the budget
+        a = tried[-1]
+        b = tried[-2] if len(tried) > 1 else None
+        slope = ((built[a].tokens - built[b].tokens) / (a - b)) if b is not None and b != a else built[a].tokens / max(a, 1)
+        low, high = (lo if good is None else good + 1), (hi if bad is None else bad - 1)
+        if slope <= 0 or low > high:
+            break
+        target = min(max(a + math.floor((budget - built[a].tokens) / slope), low), high)
+        if target in built:
+            break
+        probe(target)
+        tried.append(target)
+    step = 1
+    while good is None:  # gallop down from the smallest known misfit
+        n = max(bad - step, lo)
+        probe(n)
+        if good is None and n == lo:
+            raise FitError(f"{what}: even the smallest prompt ({built[n].tokens} tokens) exceeds the budget of {budget}")
+        step *= 2
+    step = 1
+    while bad is None:  # gallop up from the largest known fit
+        if good >= hi:
+            return good, built[good]
+        probe(min(good + step, hi))
+        step *= 2
     while bad - good > 1:  # bisect
-        mid = (good + bad) // 2
-        md = build(mid)
-        if md.tokens <= budget:
-            good, good_d = mid, md
-        else:
-            bad = mid
-    return good, good_d
+        probe((good + bad) // 2)
+    return good, built[good]
 
 
 def best_fill(chosen: list[int], pool: list[int], gap: int, rounds: int = 64) -> tuple[list[int], list[int]]:
