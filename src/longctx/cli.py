@@ -28,9 +28,10 @@ def default_tokenizer() -> Path:
 
 
 def _ints(text: str, what: str) -> list[int]:
+    from .config import parse_token_count
+
     try:
-        values = [int(float(x.lower().replace("k", "")) * (1024 if "k" in x.lower() else 1))
-                  for x in text.split(",") if x.strip()]
+        values = [parse_token_count(x) for x in text.split(",") if x.strip()]
     except ValueError:
         raise UsageError(f"{what} must be comma-separated integers (e.g. 1024,4K), not {text!r}") from None
     if not values or any(v <= 0 for v in values):

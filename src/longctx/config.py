@@ -220,10 +220,15 @@ def _kind_name(kind) -> str:
     return " or ".join({"dict": "a mapping", "str": "text", "int": "an integer"}.get(k.__name__, k.__name__) for k in kinds)
 
 
+def parse_token_count(text) -> int:
+    """A token count written as 4096 or 4K (K = 1024); ValueError if it is neither."""
+    text = str(text).strip().upper()
+    return int(float(text[:-1]) * 1024) if text.endswith("K") else int(text)
+
+
 def _length(x) -> int:
-    text = str(x).strip().upper()
     try:
-        value = int(float(text[:-1]) * 1024) if text.endswith("K") else int(text)
+        value = parse_token_count(x)
     except ValueError:
         raise UsageError(f"lengths must be token counts like 4096 or 4K, not {x!r}") from None
     if value < 64:

@@ -91,28 +91,42 @@ def run(spec: RunSpec, store: RunStore, progress=None, executor: str = "local", 
         raise UsageError(f"executor must be 'local' or 'ray', not {executor!r}")
     for model_spec in spec.models:
         adapter = load_model(model_spec.backend, **model_spec.args)
-        if adapter.tokenizer is None:
-            raise UsageError(f"model {model_spec.name} has no local tokenizer to fit samples with; "
-                             "give its args a 'tokenizer'")
-        ctx = GenContext(adapter.tokenizer, _options(spec, model_spec, adapter), DataPaths(spec.data_dir))
+        ctx = model_context(spec, model_spec, adapter)
         store.set_model_info(model_spec.name, model_info(model_spec, adapter))
         cache = SampleCache()
         for task in p.tasks:
             for length in spec.lengths:
-                samples = cache.get(task, length, spec.samples, ctx)
-                store.add_samples(model_spec.name, samples)
-                store.add_examples(model_spec.name, samples[:2])
-                done = store.done_ids(model_spec.name, [s.id for s in samples])
-                todo = [s for s in samples if s.id not in done]
-                if progress and done:
-                    progress(model_spec.name, f"{task.name}@{length}", len(done))
+                label = f"{task.name}@{length}"
+                todo = open_cell(store, model_spec.name, cache.get(task, length, spec.samples, ctx), label, progress)
                 for start in range(0, len(todo), spec.batch):
                     batch = todo[start:start + spec.batch]
                     completions = run_batch(adapter, batch)
-                    scores = [score(s.metric, c.text, s.targets) if c.ok else None for s, c in zip(batch, completions)]
-                    store.write_batch(model_spec.name, batch, completions, scores)
+                    store.write_batch(model_spec.name, batch, completions, score_batch(batch, completions))
                     if progress:
-                        progress(model_spec.name, f"{task.name}@{length}", len(batch))
+                        progress(model_spec.name, label, len(batch))
+
+
+def model_context(spec: RunSpec, model_spec: ModelSpec, adapter) -> GenContext:
+    """The generation context that fits this model's samples (its tokenizer, template, seed...)."""
+    if adapter.tokenizer is None:
+        raise UsageError(f"model {model_spec.name} has no local tokenizer to fit samples with; "
+                         "give its args a 'tokenizer'")
+    return GenContext(adapter.tokenizer, _options(spec, model_spec, adapter), DataPaths(spec.data_dir))
+
+
+def open_cell(store: RunStore, model: str, samples: list[Sample], label: str, progress=None) -> list[Sample]:
+    """Index a cell's samples (and a couple of example prompts) and return those without a prediction."""
+    store.add_samples(model, samples)
+    store.add_examples(model, samples[:2])
+    done = store.done_ids(model, [s.id for s in samples])
+    if progress and done:
+        progress(model, label, len(done))
+    return [s for s in samples if s.id not in done]
+
+
+def score_batch(batch: list[Sample], completions: list[Completion]) -> list[float | None]:
+    """RULER scores of a batch; a failed prediction has no score (it is not a wrong answer)."""
+    return [score(s.metric, c.text, s.targets) if c.ok else None for s, c in zip(batch, completions)]
 
 
 def run_batch(adapter, batch: list[Sample]) -> list[Completion]:

@@ -19,16 +19,13 @@ def _worker_class():
     @ray.remote
     class ModelWorker:
         def __init__(self, spec: RunSpec, model_spec: ModelSpec):
-            from .corpora import DataPaths
             from .generate import SampleCache
             from .models import load_model
-            from .runner import _options
-            from .tasks.base import GenContext
+            from .runner import model_context
 
             self.model_spec = model_spec
             self.adapter = load_model(model_spec.backend, **model_spec.args)
-            self.ctx = GenContext(self.adapter.tokenizer, _options(spec, model_spec, self.adapter),
-                                  DataPaths(spec.data_dir))
+            self.ctx = model_context(spec, model_spec, self.adapter)
             self.cache, self.cells, self.n = SampleCache(), {}, spec.samples
 
         def info(self) -> dict:
@@ -43,14 +40,12 @@ def _worker_class():
             return self.cells[key]
 
         def predict(self, task, length: int, ids: list[str]):
-            from .runner import run_batch
-            from .scoring import score
+            from .runner import run_batch, score_batch
 
             by_id = {s.id: s for s in self.samples(task, length)}
             batch = [by_id[i] for i in ids]
             completions = run_batch(self.adapter, batch)
-            return batch, completions, [score(s.metric, c.text, s.targets) if c.ok else None
-                                        for s, c in zip(batch, completions)]
+            return batch, completions, score_batch(batch, completions)
 
     return ModelWorker
 
@@ -84,20 +79,18 @@ def run_on_ray(spec: RunSpec, store: RunStore, tasks, progress=None, address: st
 def _run_model(spec, store, model_spec, tasks, pool, progress) -> None:
     import ray
 
+    from .runner import open_cell
+
     pending = {}
     turn = 0
     for task in tasks:
         for length in spec.lengths:
+            label = f"{task.name}@{length}"
             samples = ray.get(pool[turn % len(pool)].samples.remote(task, length))
-            store.add_samples(model_spec.name, samples)
-            store.add_examples(model_spec.name, samples[:2])
-            done = store.done_ids(model_spec.name, [s.id for s in samples])
-            todo = [s.id for s in samples if s.id not in done]
-            if progress and done:
-                progress(model_spec.name, f"{task.name}@{length}", len(done))
+            todo = [s.id for s in open_cell(store, model_spec.name, samples, label, progress)]
             for start in range(0, len(todo), spec.batch):
                 ref = pool[turn % len(pool)].predict.remote(task, length, todo[start:start + spec.batch])
-                pending[ref] = f"{task.name}@{length}"
+                pending[ref] = label
                 turn += 1
     while pending:  # write each batch as soon as any worker returns it
         ready, _ = ray.wait(list(pending), num_returns=1)

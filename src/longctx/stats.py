@@ -60,6 +60,11 @@ def group(rows: Iterable[dict], keys: Sequence[str]) -> dict[tuple, list[float]]
     return dict(out)
 
 
+def means(rows: Iterable[dict], keys: Sequence[str]) -> dict[tuple, float]:
+    """Mean score per group (failed rows left out), as fractions."""
+    return {k: sum(v) / len(v) for k, v in group(rows, keys).items()}
+
+
 def effective_length(by_length: dict[int, float], threshold: float = 0.856) -> int | None:
     """RULER's effective context length: the longest tested length up to which every length's
     average stays above the threshold (Llama-2-7B's 4K score, 85.6, by default). None if the

@@ -10,6 +10,7 @@ encode (see tasks/base.py) and falls back to full counting where it does not hol
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 from pathlib import Path
@@ -145,6 +146,14 @@ def _looks_like_hub_id(text: str) -> bool:
 
 
 def _file_sha256(path: Path) -> str:
+    """sha256 of a file, hashed once per process while its size and mtime stay the same (a GGUF
+    is keyed by it for the tokenizer and again for the model: ~100 MB read each time)."""
+    st = Path(path).stat()
+    return _sha256_of(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def _sha256_of(path: str, size: int, mtime_ns: int) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 22), b""):

@@ -40,16 +40,20 @@ class HFModel:
                  prefill_chunk: int | None = -1, trust_remote_code: bool = False, allow_pickle: bool = False,
                  chat_template: bool = False, max_context: int | None = None, tokenizer: str | None = None,
                  name: str | None = None):
-        if batch_size < 1:
-            raise UsageError(f"batch_size must be at least 1, not {batch_size}")
-        self.device = _device(device)
-        self.dtype = _dtype(dtype, self.device)
+        self._setup(device, dtype, batch_size)
         model = _load_model(path, self.dtype, trust_remote_code, allow_pickle)
         tok = load_tokenizer(tokenizer or path, trust_remote_code=trust_remote_code)
         self._attach(model, model.config.model_type, tok, name or Path(str(path)).name, batch_size=batch_size,
                      prefill_chunk=prefill_chunk, chat_template=chat_template,
                      max_context=max_context if max_context is not None else _hard_limit(model.config),
                      train_context=_train_context(model.config))
+
+    def _setup(self, device: str, dtype: str, batch_size: int) -> None:
+        """Options checked before anything is loaded (shared with the mamba_ssm backend)."""
+        if batch_size < 1:
+            raise UsageError(f"batch_size must be at least 1, not {batch_size}")
+        self.device = _device(device)
+        self.dtype = _dtype(dtype, self.device)
 
     def _attach(self, model, family: str, tokenizer: Tokenizer, name: str, *, batch_size: int, prefill_chunk,
                 chat_template: bool, max_context: int | None, train_context: int | None) -> None:
@@ -115,21 +119,20 @@ class HFModel:
         ids = torch.tensor([[self.pad_id] * (width - len(r)) + r for r in rows], device=self.device)
         if self._stateful(width):  # equal lengths, no padding (see _batches)
             out = greedy_stateful(self.model, self.family, ids, max_new, self.eos_ids, self.prefill_chunk)
-        elif self._shrinks and len(rows) > 1 and not (self.prefill_chunk and width > self.prefill_chunk):
-            mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=self.device)
+            return [_until_eos(row.tolist(), self.eos_ids) for row in out]
+        mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=self.device)
+        chunked = bool(self.prefill_chunk and width > self.prefill_chunk)
+        if self._shrinks and len(rows) > 1 and not chunked:
             produced = greedy_shrinking(self.model, ids, mask, max_new, self.eos_ids)
             return [_until_eos(p, self.eos_ids) for p in produced]
-        else:
-            mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=self.device)
-            extra = {}
-            if self.prefill_chunk and width > self.prefill_chunk:
-                from transformers import DynamicCache
+        extra = {}
+        if chunked:
+            from transformers import DynamicCache
 
-                extra = {"prefill_chunk_size": self.prefill_chunk,
-                         "past_key_values": DynamicCache(config=self.model.config)}
-            out = self.model.generate(ids, attention_mask=mask, max_new_tokens=max_new, do_sample=False,
-                                      num_beams=1, pad_token_id=self.pad_id, eos_token_id=sorted(self.eos_ids),
-                                      top_k=None, top_p=None, temperature=None, **extra)[:, width:]
+            extra = {"prefill_chunk_size": self.prefill_chunk, "past_key_values": DynamicCache(config=self.model.config)}
+        out = self.model.generate(ids, attention_mask=mask, max_new_tokens=max_new, do_sample=False,
+                                  num_beams=1, pad_token_id=self.pad_id, eos_token_id=sorted(self.eos_ids),
+                                  top_k=None, top_p=None, temperature=None, **extra)[:, width:]
         return [_until_eos(row.tolist(), self.eos_ids) for row in out]
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ..errors import UsageError
 from ..tokenizer import load_tokenizer
-from .hf import HFModel, _device, _dtype
+from .hf import HFModel
 from .mixer_lm import MixerConfig, MixerLM
 
 # RULER's mamba path always uses this tokenizer, whatever the checkpoint (ruler-spec section 8).
@@ -26,10 +26,7 @@ class MambaSSMModel(HFModel):
     def __init__(self, path: str, tokenizer: str = DEFAULT_TOKENIZER, dtype: str = "auto", device: str = "cpu",
                  batch_size: int = 8, prefill_chunk: int | None = 2048, allow_pickle: bool = False,
                  use_kernels: bool = True, max_context: int | None = None, name: str | None = None):
-        if batch_size < 1:
-            raise UsageError(f"batch_size must be at least 1, not {batch_size}")
-        self.device = _device(device)
-        self.dtype = _dtype(dtype, self.device)
+        self._setup(device, dtype, batch_size)
         folder = _local_folder(path)
         cfg = read_config(folder)
         state = read_weights(folder, allow_pickle)

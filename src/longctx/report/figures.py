@@ -3,10 +3,11 @@ length per model with its training length marked, and per-task small multiples."
 
 from __future__ import annotations
 
-from collections import defaultdict
 from pathlib import Path
 
+from ..stats import means
 from ..tasks import RULER_TASKS
+from .tables import task_averages
 
 
 def _plt():
@@ -32,11 +33,8 @@ def _save(fig, out: Path, stem: str) -> list[Path]:
 
 
 def _means(rows, keys):
-    acc = defaultdict(list)
-    for r in rows:
-        if r["score"] is not None:
-            acc[tuple(r[k] for k in keys)].append(r["score"])
-    return {k: 100 * sum(v) / len(v) for k, v in acc.items()}
+    """Mean scores x100 per group, as plotted."""
+    return {k: 100 * v for k, v in means(rows, keys).items()}
 
 
 def depth_heatmaps(rows, out: Path) -> list[Path]:
@@ -46,9 +44,9 @@ def depth_heatmaps(rows, out: Path) -> list[Path]:
     paths = []
     for model in sorted({r["model"] for r in needle}):
         sub = [r for r in needle if r["model"] == model]
-        means = _means(sub, ("depth", "length"))
-        depths, lengths = sorted({d for d, _ in means}), sorted({n for _, n in means})
-        grid = [[means.get((d, n), float("nan")) for n in lengths] for d in depths]
+        cell = _means(sub, ("depth", "length"))
+        depths, lengths = sorted({d for d, _ in cell}), sorted({n for _, n in cell})
+        grid = [[cell.get((d, n), float("nan")) for n in lengths] for d in depths]
         fig, ax = plt.subplots(figsize=(1.2 + 0.9 * len(lengths), 1 + 0.45 * len(depths)))
         im = ax.imshow(grid, cmap="RdYlGn", vmin=0, vmax=100, aspect="auto")
         ax.set_xticks(range(len(lengths)), [f"{n // 1024}K" if n % 1024 == 0 else n for n in lengths])
@@ -71,13 +69,11 @@ def length_curves(rows, info, out: Path) -> list[Path]:
     ruler = [r for r in rows if r["task"] in RULER_TASKS]
     if not ruler:
         return []
-    per_task = _means(ruler, ("model", "task", "length"))
+    averages = task_averages(_means(ruler, ("model", "task", "length")))
     fig, ax = plt.subplots(figsize=(6, 4))
-    for i, model in enumerate(sorted({r["model"] for r in ruler})):
-        lengths = sorted({n for m, _, n in per_task if m == model})
-        avg = [sum(v for (m, _, n2), v in per_task.items() if m == model and n2 == n)
-               / sum(1 for (m, _, n2) in per_task if m == model and n2 == n) for n in lengths]
-        line, = ax.plot(lengths, avg, marker="o", label=model)
+    for model in sorted({r["model"] for r in ruler}):
+        curve = sorted((n, v) for (m, n), v in averages.items() if m == model)
+        line, = ax.plot([n for n, _ in curve], [v for _, v in curve], marker="o", label=model)
         train = (info.get(model) or {}).get("train_context")
         if train:
             ax.axvline(train, color=line.get_color(), linestyle=":", alpha=0.8)
@@ -96,13 +92,13 @@ def task_multiples(rows, out: Path) -> list[Path]:
     tasks = [t for t in RULER_TASKS if any(r["task"] == t for r in ruler)]
     if not tasks:
         return []
-    means = _means(ruler, ("model", "task", "length"))
+    cell = _means(ruler, ("model", "task", "length"))
     cols = min(4, len(tasks))
     nrows = -(-len(tasks) // cols)
     fig, axes = plt.subplots(nrows, cols, figsize=(3 * cols, 2.4 * nrows), squeeze=False, sharey=True)
     for ax, task in zip(axes.flat, tasks):
-        for model in sorted({m for m, t, _ in means if t == task}):
-            pts = sorted((n, v) for (m, t, n), v in means.items() if m == model and t == task)
+        for model in sorted({m for m, t, _ in cell if t == task}):
+            pts = sorted((n, v) for (m, t, n), v in cell.items() if m == model and t == task)
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=".", label=model)
         ax.set_xscale("log", base=2)
         ax.set_title(task, fontsize=9)

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-from ..stats import area_under_length_curve, effective_length, interval, mcnemar, paired_bootstrap
+from ..stats import area_under_length_curve, effective_length, group, interval, mcnemar, means, paired_bootstrap
 from ..tasks import FORMATS, RULER_TASKS
 
 
@@ -52,12 +52,13 @@ def load_rows(db_paths) -> tuple[list[dict], dict[str, dict]]:
     return rows, info
 
 
-def _cells(rows, keys):
-    out = defaultdict(list)
-    for r in rows:
-        if r["score"] is not None:
-            out[tuple(r[k] for k in keys)].append(r["score"])
-    return out
+def task_averages(per_task: dict[tuple, float]) -> dict[tuple, float]:
+    """(model, length) -> mean over tasks of each task's mean, from (model, task, length) means:
+    RULER's average, the quantity of Table 1 and of the length curves."""
+    acc = defaultdict(list)
+    for (model, _, length), value in per_task.items():
+        acc[(model, length)].append(value)
+    return {k: sum(v) / len(v) for k, v in acc.items()}
 
 
 def _fmt_length(n: int) -> str:
@@ -82,16 +83,14 @@ def build_tables(rows: list[dict], info: dict[str, dict], reference: bool = Fals
     ruler = [r for r in rows if r["task"] in RULER_TASKS]
     lengths = sorted({r["length"] for r in ruler})
     tables, curves = [], {}
-    per_task = {k: sum(v) / len(v) for k, v in _cells(ruler, ("model", "task", "length")).items()}
+    per_task = means(ruler, ("model", "task", "length"))
+    averages = task_averages(per_task)
     if ruler:
         n_tasks = len({r["task"] for r in ruler})
         what = "RULER average" if n_tasks == len(RULER_TASKS) else f"average of the {n_tasks} RULER tasks run"
         t = Table("table1", f"{what} per length (Table 1)", ["model", *map(_fmt_length, lengths), "Avg"])
         for m in models:
-            avgs = []
-            for n in lengths:
-                tasks = [per_task[(m, task, n)] for task in RULER_TASKS if (m, task, n) in per_task]
-                avgs.append(sum(tasks) / len(tasks) if tasks else None)
+            avgs = [averages.get((m, n)) for n in lengths]
             done = [a for a in avgs if a is not None]
             cells = [_cell(a, refs.get((1, "ruler_avg", m, _fmt_length(n)))) for a, n in zip(avgs, lengths)]
             t.rows.append([m, *cells, _cell(sum(done) / len(done) if done else None)])
@@ -122,7 +121,7 @@ def _depth_tables(rows, info, models, refs) -> list[Table]:
     sweep = [r for r in rows if r["base_task"] == "niah_single_2" and r["depth"] is not None]
     if not sweep:
         return []
-    cells = _cells(sweep, ("model", "length", "depth"))
+    cells = group(sweep, ("model", "length", "depth"))
     depths = sorted({r["depth"] for r in sweep})
     out = []
     for factor, number, name in ((1, 2, "niah_depth_at_train_len"), (2, 3, "niah_depth_at_2x_train_len")):
@@ -148,7 +147,7 @@ def _format_tables(rows, models, refs) -> list[Table]:
         sub = [r for r in rows if r["base_task"] == fmt]
         if not sub:
             continue
-        cells = _cells(sub, ("model", "length", "depth"))
+        cells = group(sub, ("model", "length", "depth"))
         cols = sorted({(r["length"], r["depth"]) for r in sub}, key=lambda c: (c[0], -1 if c[1] is None else c[1]))
         t = Table(f"format_{fmt}", f"{fmt} by length and depth (Table 4)",
                   ["model", *[f"{_fmt_length(n)}@{d}" for n, d in cols]])
@@ -163,7 +162,7 @@ def _format_tables(rows, models, refs) -> list[Table]:
 def interval_table(rows: list[dict]) -> Table:
     """Every (model, task, length) cell with its mean and 95 % interval (Wilson or bootstrap)."""
     t = Table("cells", "every cell with its 95 % confidence interval", ["model", "task", "length", "n", "mean", "low", "high"])
-    for (m, task, n), scores in sorted(_cells(rows, ("model", "task", "length")).items()):
+    for (m, task, n), scores in sorted(group(rows, ("model", "task", "length")).items()):
         ci = interval(scores)
         t.rows.append([m, task, str(n), str(ci.n), f"{100 * ci.mean:.2f}", f"{100 * ci.low:.2f}", f"{100 * ci.high:.2f}"])
     return t
@@ -172,7 +171,7 @@ def interval_table(rows: list[dict]) -> Table:
 def group_table(rows: list[dict], keys: list[str]) -> Table:
     """Mean and 95 % interval grouped by any columns (model, task, length, depth, haystack, ...)."""
     t = Table("by_" + "_".join(keys), f"scores by {', '.join(keys)}", [*keys, "n", "mean", "low", "high"])
-    for key, scores in sorted(_cells(rows, tuple(keys)).items(), key=lambda kv: tuple(map(str, kv[0]))):
+    for key, scores in sorted(group(rows, tuple(keys)).items(), key=lambda kv: tuple(map(str, kv[0]))):
         ci = interval(scores)
         t.rows.append([*map(lambda v: "-" if v is None else str(v), key), str(ci.n), f"{100 * ci.mean:.2f}",
                        f"{100 * ci.low:.2f}", f"{100 * ci.high:.2f}"])
