@@ -94,6 +94,12 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--by", action="append", default=[],
                     help="an extra table grouped by these columns, e.g. --by model,haystack,length (repeatable)")
 
+    lb = sub.add_parser("lab", help="train tiny models of several architectures on the same data and budget, "
+                        "evaluate and report them; re-run to resume",
+                        epilog="Any --key=value after the spec overrides it (e.g. --train.steps=300 --families=[llama]).")
+    lb.add_argument("spec", help="lab spec, e.g. configs/lab/paper_mini.yaml")
+    lb.add_argument("--new", action="store_true", help="start over (the old lab folder is kept as .old-N)")
+
     sub.add_parser("tasks", help="list tasks and suites")
     sub.add_parser("models", help="list backends, what is installed, and the known checkpoints")
     return ap
@@ -238,6 +244,41 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_lab(args) -> int:
+    import time
+
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from .lab.run import eval_total, run_lab
+    from .lab.spec import load_lab_spec
+
+    spec = load_lab_spec(args.spec, args.overrides)
+    console = Console(stderr=True)
+    started = time.perf_counter()
+    print(f"lab {spec.name}: {', '.join(spec.families)}; {spec.steps} steps x batch {spec.batch} at length "
+          f"{spec.min_length}-{spec.train_length}; {spec.workers} worker(s); folder {spec.out_dir}")
+    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
+    with Progress(*columns, console=console, disable=not console.is_terminal) as progress:
+        bars: dict = {}
+
+        def on_event(family, kind, value, info):
+            key = (family, kind)
+            if key not in bars:
+                total = spec.steps if kind == "train" else eval_total(spec)
+                bars[key] = progress.add_task(f"{kind} {family}", total=total)
+            if kind == "train":
+                note = f" loss {info['loss']:.3f} acc {100 * info['accuracy']:.0f}%" if info else ""
+                progress.update(bars[key], completed=value, description=f"train {family}{note}")
+            else:
+                progress.update(bars[key], advance=value)
+
+        report = run_lab(spec, new=args.new, on_event=on_event)
+    print((report / "lab.md").read_text())
+    print(f"report: {report / 'report.html'} ({time.perf_counter() - started:.0f} s wall)")
+    return 0
+
+
 def cmd_data(args) -> int:
     from .corpora import DataPaths
     from .download import download
@@ -282,15 +323,16 @@ def main(argv: list[str] | None = None) -> int:
     args, extra = parser.parse_known_args(argv)
     args.overrides = []
     if extra:
-        if args.command != "run":
+        if args.command not in ("run", "lab"):
             parser.parse_args(argv)  # argparse's own error for what it does not know (exit 2)
         bad = [x for x in extra if not (x.startswith("--") and "=" in x)]
         if bad:
-            print(f"longctx: error: {bad[0]!r} is neither an option of run nor a --key=value override",
+            print(f"longctx: error: {bad[0]!r} is neither an option of {args.command} nor a --key=value override",
                   file=sys.stderr)
             return 2
         args.overrides = extra
-    handler = {"generate": cmd_generate, "data": cmd_data, "tasks": cmd_tasks, "models": cmd_models, "run": cmd_run, "score": cmd_score, "report": cmd_report}[args.command]
+    handler = {"generate": cmd_generate, "data": cmd_data, "tasks": cmd_tasks, "models": cmd_models, "run": cmd_run, "score": cmd_score, "report": cmd_report,
+               "lab": cmd_lab}[args.command]
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("default")

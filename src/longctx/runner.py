@@ -51,9 +51,18 @@ def run_tasks(spec: RunSpec) -> list[TaskSpec]:
         return tasks
     out: list[TaskSpec] = []
     for t in tasks:
-        variants = [t] if t.family != "niah" else [parse_task(f"{t.name.split(':')[0]}:depth={d}") for d in spec.depths]
+        variants = [t] if t.family != "niah" else [_at_depth(t, d) for d in spec.depths]
         out += [v for v in variants if v not in out]
     return out
+
+
+def _at_depth(task: TaskSpec, depth: int) -> TaskSpec:
+    """`task` with every needle at `depth`, keeping its own parameters (`niah_single_1:digits=2`
+    becomes `niah_single_1:digits=2,depth=50`)."""
+    base = task.name if task.get("depth") is None else ",".join(
+        p for p in task.name.replace(":", ",", 1).split(",") if not p.startswith("depth=")).replace(",", ":", 1)
+    name = f"{base}{',' if ':' in base else ':'}depth={depth}"
+    return parse_task(name)
 
 
 def plan(spec: RunSpec) -> Plan:

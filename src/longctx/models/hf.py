@@ -177,7 +177,8 @@ def _hard_limit(config) -> int | None:
 
 
 def _train_context(config) -> int | None:
-    for key in ("max_position_embeddings", "context_length", "n_positions"):
+    # longctx_train_length: written by `longctx lab` into the checkpoints it trains.
+    for key in ("longctx_train_length", "max_position_embeddings", "context_length", "n_positions"):
         value = getattr(config, key, None)
         if isinstance(value, int):
             return value

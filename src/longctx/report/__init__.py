@@ -9,15 +9,19 @@ from .html import write_html
 from .tables import build_tables, group_table, interval_table, load_rows, paired_table, write_tables
 
 
-def make_report(db_paths, out: Path, reference: bool = False, threshold: float = 0.856, by=()) -> Path:
+def make_report(db_paths, out: Path, reference: bool = False, threshold: float = 0.856, by=(), lead_tables=(),
+                extra_figures=()) -> Path:
+    """Tables, figures and report.html of the runs; `lead_tables` and `extra_figures` (the lab's)
+    come first in the page."""
     rows, info = load_rows(db_paths)
-    tables = build_tables(rows, info, reference=reference, threshold=threshold) + [interval_table(rows)]
+    tables = list(lead_tables) + build_tables(rows, info, reference=reference, threshold=threshold) + \
+        [interval_table(rows)]
     for keys in by:
         tables.append(group_table(rows, list(keys)))
     if len({r["model"] for r in rows}) > 1:
         tables.append(paired_table(rows))
     write_tables(tables, out / "tables")
-    figures = depth_heatmaps(rows, out / "figures") + length_curves(rows, info, out / "figures") + \
+    figures = list(extra_figures) + depth_heatmaps(rows, out / "figures") + length_curves(rows, info, out / "figures") + \
         task_multiples(rows, out / "figures")
     return write_html(out, db_paths, tables, figures, rows)
 

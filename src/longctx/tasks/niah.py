@@ -1,8 +1,10 @@
 """Needle in a haystack (RULER `niah.py`): niah_single_*, niah_multikey_*, niah_multivalue, niah_multiquery.
 
-Parameters: haystack (noise | essay | needle; "repeat" is the 2024 name of noise), key_type and
-value_type (words | numbers | uuids), num_keys, num_values, num_queries, and depth (0-100, every
-needle at that depth; None = RULER's random placement). Depth is honoured for every haystack.
+Parameters: haystack (noise | essay | needle | words; "repeat" is the 2024 name of noise; words is
+ours: random words from the key word lists, a haystack with no structure and one-word granularity), key_type and
+value_type (words | numbers | uuids), num_keys, num_values, num_queries, depth (0-100, every
+needle at that depth; None = RULER's random placement; honoured for every haystack) and digits
+(length of number keys and values; RULER's 7 by default; the lab uses short ones).
 """
 
 from __future__ import annotations
@@ -16,21 +18,22 @@ from ..errors import UsageError
 from .base import Draft, GenContext, TaskSpec, best_fill, check_fill, filled, fit_size
 
 NOISE = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."
+NOISE_WORDS = NOISE.split(" ")
 NEEDLE = "One of the special magic {type_v} for {key} is: {value}."
 # RULER's essay depth grid: round(linspace(0, 100, 40)).
 DEPTHS = [round(i * 100 / 39) for i in range(40)]
-HAYSTACKS = ("noise", "essay", "needle")
+HAYSTACKS = ("noise", "essay", "needle", "words")
 VALUE_TYPES = ("words", "numbers", "uuids")
 DEFAULTS = dict(haystack="essay", key_type="words", value_type="numbers", num_keys=1, num_values=1,
-                num_queries=1, depth=None)
+                num_queries=1, depth=None, digits=7)
 
 
-def draw_value(kind: str, rng: random.Random) -> str:
+def draw_value(kind: str, rng: random.Random, digits: int = 7) -> str:
     if kind == "words":
         w = load_words()
         return f"{rng.choice(w.adjectives)}-{rng.choice(w.nouns)}"
     if kind == "numbers":
-        return str(rng.randint(10**6, 10**7 - 1))
+        return str(rng.randint(10 ** (digits - 1), 10**digits - 1))
     return str(uuid.UUID(int=rng.getrandbits(128), version=4))
 
 
@@ -48,6 +51,8 @@ def check_params(p: dict[str, Any]) -> dict[str, Any]:
             raise UsageError(f"niah {k} must be a positive integer, not {p[k]!r}")
     if p["num_queries"] > max(p["num_keys"], p["num_queries"]):
         raise UsageError("niah num_queries cannot exceed num_keys")
+    if not isinstance(p["digits"], int) or isinstance(p["digits"], bool) or not 1 <= p["digits"] <= 30:
+        raise UsageError(f"niah digits (length of number keys and values) must be an integer in 1..30, not {p['digits']!r}")
     d = p["depth"]
     if d is not None and not (isinstance(d, (int, float)) and 0 <= d <= 100):
         raise UsageError(f"niah depth must be a number in 0..100 (percent), not {d!r}")
@@ -62,8 +67,8 @@ def generate(spec: TaskSpec, length: int, ttg: int, index: int, rng: random.Rand
     p = check_params(dict(spec.params))
     k = max(p["num_keys"], p["num_queries"])
     v, q = p["num_values"], p["num_queries"]
-    keys = [draw_value(p["key_type"], rng) for _ in range(k)]
-    values = [[draw_value(p["value_type"], rng) for _ in range(v)] for _ in range(k)]
+    keys = [draw_value(p["key_type"], rng, p["digits"]) for _ in range(k)]
+    values = [[draw_value(p["value_type"], rng, p["digits"]) for _ in range(v)] for _ in range(k)]
     needles = [NEEDLE.format(type_v=p["value_type"], key=keys[i], value=val) for i in range(k) for val in values[i]]
     (ctx.fixed_rng() if ctx.compat else rng).shuffle(needles)
     asked = rng.sample(range(k), q)
@@ -94,11 +99,12 @@ def generate(spec: TaskSpec, length: int, ttg: int, index: int, rng: random.Rand
 
         n_max = max(1, 3 * length)  # words; essay tokens/word is ~1.3, so 3 words/token is a safe ceiling
     else:
-        pool = _Pool(p, rng) if p["haystack"] == "needle" else None
+        pool = _Pool(p, rng) if p["haystack"] in ("needle", "words") else None
+        sep = " " if p["haystack"] == "words" else "\n"
 
         def build(n: int) -> Draft:
             units = pool.lines(n) if pool else [NOISE] * n
-            return _assemble(ctx, head, tail, prefix, units, needles, depths, "\n", targets, meta, False)
+            return _assemble(ctx, head, tail, prefix, units, needles, depths, sep, targets, meta, False)
 
         n_max = max(1, length)
     hint = state.get("hint") or _probe_hint(build, budget)
@@ -109,6 +115,8 @@ def generate(spec: TaskSpec, length: int, ttg: int, index: int, rng: random.Rand
             if filled(draft, length, ttg):
                 break
             n, draft = fit_size(essay_build(start), 0, n_max, n, budget, what)
+    if p["haystack"] == "noise" and not filled(draft, length, ttg):
+        draft = _noise_top_up(ctx, head, tail, prefix, n, needles, depths, targets, meta, budget)
     if p["haystack"] == "needle":
         for spares in (32, 128):
             if filled(draft, length, ttg):
@@ -165,6 +173,20 @@ def _assemble(ctx, head, tail, prefix, units, needles, depths, sep, targets, met
     return ctx.draft([head], context, [tail], prefix, targets, m)
 
 
+def _noise_top_up(ctx, head, tail, prefix, n, needles, depths, targets, meta, budget) -> Draft:
+    """One noise repeat is ~25 tokens, more than the 3 % slack below ~800 tokens: after n whole
+    repeats, add the longest run of the repeat's first words that still fits (RULER would leave
+    the prompt short; see docs/ruler-differences.md)."""
+    best = None
+    for k in range(1, len(NOISE_WORDS)):
+        units = [NOISE] * n + [" ".join(NOISE_WORDS[:k])]
+        draft = _assemble(ctx, head, tail, prefix, units, needles, depths, "\n", targets, meta, False)
+        if draft.tokens > budget:
+            break
+        best = draft
+    return best or _assemble(ctx, head, tail, prefix, [NOISE] * n, needles, depths, "\n", targets, meta, False)
+
+
 def _probe_hint(build, budget: int) -> int:
     small = build(8)
     per_unit = max(1e-6, (small.tokens - build(0).tokens) / 8)
@@ -172,7 +194,8 @@ def _probe_hint(build, budget: int) -> int:
 
 
 class _Pool:
-    """Distractor needles for the `needle` haystack, drawn lazily from their own RNG stream."""
+    """Distractor needles (`needle` haystack) or random words (`words`), drawn lazily from their own
+    RNG stream."""
 
     def __init__(self, p: dict, rng: random.Random):
         self.p = p
@@ -180,8 +203,11 @@ class _Pool:
         self._lines: list[str] = []
 
     def lines(self, n: int) -> list[str]:
+        while len(self._lines) < n and self.p["haystack"] == "words":
+            w = load_words()
+            self._lines.append(self.rng.choice(w.adjectives if self.rng.random() < 0.5 else w.nouns))
         while len(self._lines) < n:
-            key, val = draw_value(self.p["key_type"], self.rng), draw_value(self.p["value_type"], self.rng)
+            key, val = (draw_value(self.p[k], self.rng, self.p["digits"]) for k in ("key_type", "value_type"))
             self._lines.append(NEEDLE.format(type_v=self.p["value_type"], key=key, value=val))
         return self._lines[:n]
 

@@ -1,0 +1,135 @@
+"""The lab's report: what each family is and learned, accuracy by length with 95 % intervals
+against chance, inference state size by length, training curves; plus the normal report
+(depth x length heatmaps, tables, report.html) over the families' run databases."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+from ..corpora import load_words
+from ..report import make_report
+from ..report.tables import Table, load_rows, to_markdown
+from ..stats import wilson
+from .spec import LabSpec
+
+LEARNED = 0.90  # accuracy at the training length that counts as "learned the task"
+
+
+def chance(row: dict) -> float:
+    """Probability that a blind guess of the value's form is right (uniform over its space)."""
+    params = json.loads(row["meta"]).get("params", {})
+    if row.get("value_type", "numbers") == "words":
+        w = load_words()
+        return 1 / (len(w.adjectives) * len(w.nouns))
+    digits = int(params.get("digits", 7))
+    return 1 / (9 * 10 ** (digits - 1))
+
+
+def _interval_text(iv) -> str:
+    return f"{100 * iv.mean:.0f} [{100 * iv.low:.0f}, {100 * iv.high:.0f}]"
+
+
+def accuracy_by_length(rows: list[dict], families: list[str], lengths: list[int]) -> dict:
+    """(family, length) -> (Wilson interval, chance) over every format and depth."""
+    out = {}
+    for f in families:
+        for n in lengths:
+            cell = [r for r in rows if r["model"] == f and r["length"] == n and r["score"] is not None]
+            if cell:
+                iv = wilson(sum(r["score"] for r in cell), len(cell))
+                out[f, n] = (iv, sum(chance(r) for r in cell) / len(cell))
+    return out
+
+
+def lab_tables(spec: LabSpec, rows, summaries: dict, states: dict) -> tuple[list[Table], list[str]]:
+    fams = [f for f in spec.families if f in summaries]
+    lengths = list(spec.eval_lengths)
+    acc = accuracy_by_length(rows, fams, lengths)
+    models = Table("lab_models", f"Lab models: same data, steps ({spec.steps}), seed ({spec.seed}) and training "
+                   f"length ({spec.train_length}); non-embedding parameter budget {spec.params:,} (+/-10 %)",
+                   ["family", "architecture", "non-embedding params", "train CPU-s", "final train acc",
+                    f"acc at {spec.train_length} [95% CI]", "learned?"])
+    findings = []
+    for f in fams:
+        s = summaries[f]
+        at_train = acc.get((f, spec.train_length))
+        learned = at_train is not None and at_train[0].mean >= LEARNED
+        models.rows.append([f, s["architecture"], f"{s['non_embedding_params']:,}", f"{s['cpu_seconds']:.0f}",
+                            f"{100 * s['final_train_accuracy']:.0f}", _interval_text(at_train[0]) if at_train else "-",
+                            "yes" if learned else "NO: did not learn the task"])
+        if not learned:
+            findings.append(f"- **{f} did not learn the task**: {_interval_text(at_train[0]) if at_train else 'no score'}"
+                            f" at its training length, below the {100 * LEARNED:.0f} % bar; its other numbers say "
+                            "nothing about long context.")
+            continue
+        beyond = [n for n in lengths if n > spec.train_length and (f, n) in acc]
+        above = [n for n in beyond if acc[f, n][0].low > acc[f, n][1]]
+        kept = [n for n in above if acc[f, n][0].mean >= 0.5]
+        texts = ", ".join(f"{_interval_text(acc[f, n][0])} at {n}" for n in beyond)
+        if kept:
+            findings.append(f"- **{f}** keeps non-trivial accuracy beyond its training length: {texts} "
+                            f"(95 % intervals above chance up to {max(above)} tokens).")
+        elif beyond:
+            findings.append(f"- **{f}** collapses past its training length: {texts}.")
+    by_length = Table("lab_accuracy", "Accuracy (%) by context length, all formats and depths, with 95 % Wilson "
+                      f"intervals; training length {spec.train_length}",
+                      ["family"] + [str(n) for n in lengths])
+    for f in fams:
+        by_length.rows.append([f] + [_interval_text(acc[f, n][0]) if (f, n) in acc else "-" for n in lengths])
+    chance_row = [acc[k][1] for k in acc]
+    if chance_row:
+        by_length.rows.append(["chance"] + [f"{100 * max(chance_row):.2g}"] * len(lengths))
+    state = Table("lab_state", "Inference state after prefilling one sequence (KiB): KV cache for attention, "
+                  "recurrent + conv state for SSM/RNN layers (measured on the model's own cache objects)",
+                  ["family"] + [str(n) for n in lengths])
+    for f in fams:
+        state.rows.append([f] + [f"{states[f].get(str(n), 0) / 1024:.1f}" for n in lengths])
+    formats = Table("lab_formats", "Accuracy (%) by format and length", ["family", "format"] + [str(n) for n in lengths])
+    for f in fams:
+        for fmt in spec.tasks():
+            cells = []
+            for n in lengths:
+                cell = [r for r in rows if r["model"] == f and r["length"] == n and r["score"] is not None
+                        and r["task"].startswith(fmt)]
+                cells.append(f"{100 * sum(r['score'] for r in cell) / len(cell):.0f}" if cell else "-")
+            formats.rows.append([f, fmt.split(",tokens_to_generate")[0].split(":tokens_to_generate")[0]] + cells)
+    return [models, by_length, formats, state], findings
+
+
+def training_curves(spec: LabSpec, out: Path) -> list[Path]:
+    from ..report.figures import _plt, _save
+
+    plt = _plt()
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.5))
+    for f in spec.families:
+        path = spec.out_dir / "models" / f / "training_curve.csv"
+        if not path.exists():
+            continue
+        with path.open() as fh:
+            points = list(csv.DictReader(fh))
+        steps = [int(p["step"]) for p in points]
+        ax1.plot(steps, [float(p["loss"]) for p in points], label=f)
+        ax2.plot(steps, [100 * float(p["accuracy"]) for p in points], label=f)
+    ax1.set(xlabel="step", ylabel="answer loss", yscale="log", title="training loss")
+    ax2.set(xlabel="step", ylabel="train accuracy (%)", title="teacher-forced answer accuracy")
+    ax2.legend(fontsize=8)
+    return _save(fig, out, "lab_training_curves")
+
+
+def write_lab_report(spec: LabSpec) -> Path:
+    out = spec.out_dir
+    report_dir = out / "report"
+    done = {f: out / "models" / f for f in spec.families if (out / "models" / f / "done.json").exists()}
+    summaries = {f: json.loads((d / "done.json").read_text()) for f, d in done.items()}
+    states = {f: json.loads((d / "state.json").read_text()) for f, d in done.items() if (d / "state.json").exists()}
+    dbs = [d / "eval.sqlite" for d in done.values() if (d / "eval.sqlite").exists()]
+    rows, _ = load_rows(dbs)
+    tables, findings = lab_tables(spec, rows, summaries, states)
+    figures = training_curves(spec, report_dir / "figures")
+    make_report(dbs, report_dir, lead_tables=tables, extra_figures=figures)
+    text = [f"# Lab: {spec.name}", "", "## Findings", "", *(findings or ["- no family was evaluated"]), "",
+            *(to_markdown(t) for t in tables)]
+    (report_dir / "lab.md").write_text("\n".join(text) + "\n")
+    return report_dir
