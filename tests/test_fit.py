@@ -51,7 +51,36 @@ def test_length_below_generation_budget_is_a_usage_error(smol, data_dir):
         generate_samples(RULER_TASKS["niah_single_1"], 100, range(1), ctx)
 
 
-@pytest.mark.parametrize("haystack", ["noise", "needle", "essay"])
+@pytest.mark.parametrize("tok_name", ["smollm2", "bpe"])
+def test_words_haystack_digits_and_short_noise_fill_exactly(tokenizers_pair, data_dir, tok_name):
+    """Our additions: the random-word haystack, `digits`, and noise prompts below ~800 tokens,
+    where one whole noise repeat is larger than the 3 % slack (RULER leaves them short)."""
+    tok = tokenizers_pair[tok_name]
+    ctx = GenContext(tok, GenOptions(verify="all"), DataPaths(data_dir))
+    for task, lengths in [("niah_single_1:haystack=words,digits=3,tokens_to_generate=8", (128, 200, 1024)),
+                          ("niah_single_1:tokens_to_generate=8", (128, 150, 200, 333, 700)),
+                          ("niah_single_1:key_type=numbers,digits=2,haystack=words,depth=50", (1024,))]:
+        for length in lengths:
+            for s in generate_samples(parse_task(task), length, range(8), ctx):
+                real = len(tok.encode(s.prompt + s.answer_prefix))
+                assert real == s.meta["token_count"]
+                assert 0.97 * length <= real + s.tokens_to_generate <= length, (task, length)
+                assert s.targets[0] in s.prompt
+                if "digits=" in task:
+                    assert re.fullmatch(r"\d{%s}" % task.split("digits=")[1][0], s.targets[0])
+                if "haystack=words" in task:
+                    assert "The grass is green" not in s.prompt
+
+
+def test_default_niah_values_are_rulers_seven_digits(smol, data_dir):
+    ctx = GenContext(smol, GenOptions(), DataPaths(data_dir))
+    (s,) = generate_samples(RULER_TASKS["niah_single_1"], 1024, range(1), ctx)
+    assert re.fullmatch(r"\d{7}", s.targets[0])
+    with pytest.raises(UsageError, match="digits"):
+        parse_task("niah_single_1:digits=0")
+
+
+@pytest.mark.parametrize("haystack", ["noise", "needle", "essay", "words"])
 @pytest.mark.parametrize("depth", [0, 20, 50, 80, 100])
 def test_fixed_depth_lands_within_one_unit(smol, data_dir, haystack, depth):
     ctx = GenContext(smol, GenOptions(), DataPaths(data_dir))
@@ -65,6 +94,10 @@ def test_fixed_depth_lands_within_one_unit(smol, data_dir, haystack, depth):
         split = sentence_splitter().tokenize
         units_before = len(split(before)) if before.strip() else 0
         units = units_before + len(split(after))
+    elif haystack == "words":
+        before, after = context.split(needle)
+        units_before = len(before.split())
+        units = units_before + len(after.split())
     else:
         lines = context.split("\n")
         units_before = lines.index(needle)

@@ -51,11 +51,32 @@ def test_every_family_fits_the_budget_and_runs(name, lab_tok):
     model = AutoModelForCausalLM.from_config(cfg).eval()
     assert non_embedding_params(model) == n
     sizes = [state_bytes(model, length) for length in (64, 128, 256)]
-    if name == "llama":  # a KV cache grows linearly with the sequence
-        assert sizes[1] == 2 * sizes[0] and sizes[2] == 4 * sizes[0]
-    if name in ("mamba2", "rwkv"):  # a fixed-size state
-        assert sizes[0] == sizes[1] == sizes[2] > 0
-    assert all(s > 0 for s in sizes)
+    kv, rec = [s["kv"] for s in sizes], [s["recurrent"] for s in sizes]
+    if name == "llama":  # a KV cache grows linearly with the sequence; no recurrent state
+        assert kv[1] == 2 * kv[0] and kv[2] == 4 * kv[0] and rec == [0, 0, 0]
+        layers, d = cfg.num_hidden_layers, cfg.hidden_size
+        assert kv[0] == 2 * layers * d * 64 * 4  # K and V, fp32
+    if name in ("mamba2", "rwkv"):  # a fixed-size state, no KV cache
+        assert rec[0] == rec[1] == rec[2] > 0 and kv == [0, 0, 0]
+    if name == "bamba":  # one attention layer's KV grows, the Mamba2 layers' state does not
+        assert kv[1] == 2 * kv[0] and rec[0] == rec[2] > 0
+    if name in ("recurrentgemma", "sliding"):  # windowed attention: the KV cache stops growing
+        assert kv[2] == kv[1] > 0
+    assert all(k + r > 0 for k, r in zip(kv, rec))
+
+
+def test_evaluation_leaves_autograd_on(tmp_path, lab_tok):
+    """The lab trains in processes that evaluated a model before: generation must not switch
+    autograd off for the whole process."""
+    from longctx.models import GenParams, load_model
+
+    model = _model()
+    model.save_pretrained(tmp_path)
+    shutil.copy(lab_tok / "tokenizer.json", tmp_path)
+    shutil.copy(lab_tok / "tokenizer_config.json", tmp_path)
+    adapter = load_model("hf", path=str(tmp_path))
+    adapter.generate(["The grass is green."], GenParams(3))
+    assert torch.is_grad_enabled()
 
 
 def test_unreachable_budget_and_unknown_family_are_errors():
@@ -74,7 +95,7 @@ def _tiny_batches(lab_tok, steps):
 def _model(name="llama"):
     from transformers import AutoModelForCausalLM
 
-    cfg, _ = fit_family(name, 15300, 32, 20_000, 160, IDS)
+    cfg, _ = fit_family(name, 15300, 32, 30_000, 160, IDS)
     torch.manual_seed(0)
     return AutoModelForCausalLM.from_config(cfg)
 
@@ -156,32 +177,33 @@ def test_lab_cli_trains_evaluates_reports_and_resumes(tmp_path, capsys):
 
     spec = tmp_path / "tiny.yaml"
     spec.write_text(
-        "name: tiny\nfamilies: [llama, mamba2]\nparams: 24000\nhidden_size: 32\nseed: 3\nworkers: 2\n"
+        "name: tiny\nfamilies: [llama, mamba2]\nparams: 30000\nhidden_size: 32\nseed: 3\nworkers: 2\n"
         f"out: {tmp_path / 'lab'}\n"
         f"formats: {json.dumps(FORMATS[:2])}\n"
         "train: {length: 160, min_length: 128, steps: 6, batch: 4}\n"
-        "eval: {lengths: [128, 256], depths: [0, 100], samples: 2}\n")
+        f"eval: {{lengths: [128, 256], depths: [0, 100], samples: 2, held_out: {json.dumps(FORMATS[2:])}}}\n")
     assert main(["lab", str(spec)]) == 0
     out = capsys.readouterr().out
     lab = tmp_path / "lab"
     report = lab / "report"
     for f in ("lab.md", "report.html", "tables/lab_models.md", "tables/lab_state.md", "tables/lab_accuracy.csv",
-              "figures/lab_training_curves.png", "figures/heatmap_llama.png", "figures/heatmap_mamba2.png"):
+              "figures/lab_training_curves.png", "figures/lab_heatmaps.png", "figures/heatmap_llama.png", "figures/heatmap_mamba2.png"):
         assert (report / f).exists(), f
     assert "did not learn" in out  # 6 steps: the report must say so plainly
     for fam in ("llama", "mamba2"):
         mdir = lab / "models" / fam
         done = json.loads((mdir / "done.json").read_text())
-        assert done["steps"] == 6 and abs(done["non_embedding_params"] - 24000) <= 2400
+        assert done["steps"] == 6 and abs(done["non_embedding_params"] - 30000) <= 3000
         assert (mdir / "model.safetensors").exists() and (mdir / "tokenizer.json").exists()
         state = json.loads((mdir / "state.json").read_text())
-        assert set(state) == {"128", "256"}
+        assert set(state) == {"128", "256"} and state["256"]["kv" if fam == "llama" else "recurrent"] > 0
     from longctx.store import RunStore
 
     db = RunStore(lab / "models" / "llama" / "eval.sqlite")
     rows = db.results()
     db.close()
-    assert len(rows) == 2 * 2 * 2 * 2  # formats x depths x lengths x samples
+    assert len(rows) == 3 * 2 * 2 * 2  # formats (2 trained, 1 held out) x depths x lengths x samples
+    assert "(held out)" in (report / "tables" / "lab_formats.md").read_text()
     assert {json.loads(r["meta"])["params"]["depth"] for r in rows} == {0, 100}
     # Resume: nothing is retrained or re-evaluated.
     stamp = (lab / "models" / "llama" / "model.safetensors").stat().st_mtime_ns

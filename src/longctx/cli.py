@@ -261,6 +261,7 @@ def cmd_lab(args) -> int:
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
     with Progress(*columns, console=console, disable=not console.is_terminal) as progress:
         bars: dict = {}
+        trained: set = set()
 
         def on_event(family, kind, value, info):
             key = (family, kind)
@@ -270,6 +271,9 @@ def cmd_lab(args) -> int:
             if kind == "train":
                 note = f" loss {info['loss']:.3f} acc {100 * info['accuracy']:.0f}%" if info else ""
                 progress.update(bars[key], completed=value, description=f"train {family}{note}")
+                if value == spec.steps and family not in trained:  # a line in logs, too
+                    trained.add(family)
+                    progress.console.print(f"{family}: trained ({spec.steps} steps)", highlight=False)
             else:
                 progress.update(bars[key], advance=value)
 

@@ -11,10 +11,11 @@ from pathlib import Path
 from ..corpora import load_words
 from ..report import make_report
 from ..report.tables import Table, load_rows, to_markdown
-from ..stats import wilson
+from ..stats import effective_length, wilson
 from .spec import LabSpec
 
 LEARNED = 0.90  # accuracy at the training length that counts as "learned the task"
+THRESHOLD = 0.856  # RULER's effective-length bar (Llama-2-7B's score at 4K)
 
 
 def chance(row: dict) -> float:
@@ -32,7 +33,7 @@ def _interval_text(iv) -> str:
 
 
 def accuracy_by_length(rows: list[dict], families: list[str], lengths: list[int]) -> dict:
-    """(family, length) -> (Wilson interval, chance) over every format and depth."""
+    """(family, length) -> (Wilson interval, chance) over the rows' formats and depths."""
     out = {}
     for f in families:
         for n in lengths:
@@ -46,12 +47,13 @@ def accuracy_by_length(rows: list[dict], families: list[str], lengths: list[int]
 def lab_tables(spec: LabSpec, rows, summaries: dict, states: dict) -> tuple[list[Table], list[str]]:
     fams = [f for f in spec.families if f in summaries]
     lengths = list(spec.eval_lengths)
-    acc = accuracy_by_length(rows, fams, lengths)
+    trained = tuple(spec.tasks())
+    acc = accuracy_by_length([r for r in rows if r["task"].startswith(trained)], fams, lengths)
     models = Table("lab_models", f"Lab models: same data, steps ({spec.steps}), seed ({spec.seed}) and training "
                    f"length ({spec.train_length}); non-embedding parameter budget {spec.params:,} (+/-10 %)",
                    ["family", "architecture", "non-embedding params", "train CPU-s", "final train acc",
                     f"acc at {spec.train_length} [95% CI]", "learned?"])
-    findings = []
+    findings, learned_fams = [], []
     for f in fams:
         s = summaries[f]
         at_train = acc.get((f, spec.train_length))
@@ -65,37 +67,60 @@ def lab_tables(spec: LabSpec, rows, summaries: dict, states: dict) -> tuple[list
                             "nothing about long context.")
             continue
         beyond = [n for n in lengths if n > spec.train_length and (f, n) in acc]
-        above = [n for n in beyond if acc[f, n][0].low > acc[f, n][1]]
-        kept = [n for n in above if acc[f, n][0].mean >= 0.5]
-        texts = ", ".join(f"{_interval_text(acc[f, n][0])} at {n}" for n in beyond)
-        if kept:
-            findings.append(f"- **{f}** keeps non-trivial accuracy beyond its training length: {texts} "
-                            f"(95 % intervals above chance up to {max(above)} tokens).")
-        elif beyond:
-            findings.append(f"- **{f}** collapses past its training length: {texts}.")
-    by_length = Table("lab_accuracy", "Accuracy (%) by context length, all formats and depths, with 95 % Wilson "
-                      f"intervals; training length {spec.train_length}",
+        curve = {n: acc[f, n][0].mean for n in lengths if (f, n) in acc}
+        held = effective_length(curve, THRESHOLD)
+        texts = "; ".join(f"{_interval_text(acc[f, n][0])} at {n}" for n in beyond)
+        reach = (f"stays above {100 * THRESHOLD:.1f} % up to {held} tokens "
+                 f"({held / spec.train_length:g}x its training length)" if held else
+                 f"is below {100 * THRESHOLD:.1f} % already at {lengths[0]} tokens")
+        findings.append(f"- **{f}** ({summaries[f]['kind']}): {_interval_text(at_train[0])} at its training length "
+                        f"{spec.train_length}; beyond it: {texts}. It {reach}.")
+        learned_fams.append(f)
+    findings += _contrast(spec, acc, learned_fams, summaries)
+    by_length = Table("lab_accuracy", "Accuracy (%) by context length over the trained formats and all depths, "
+                      f"with 95 % Wilson intervals; training length {spec.train_length}",
                       ["family"] + [str(n) for n in lengths])
     for f in fams:
         by_length.rows.append([f] + [_interval_text(acc[f, n][0]) if (f, n) in acc else "-" for n in lengths])
     chance_row = [acc[k][1] for k in acc]
     if chance_row:
         by_length.rows.append(["chance"] + [f"{100 * max(chance_row):.2g}"] * len(lengths))
-    state = Table("lab_state", "Inference state after prefilling one sequence (KiB): KV cache for attention, "
-                  "recurrent + conv state for SSM/RNN layers (measured on the model's own cache objects)",
+    state = Table("lab_state", "Inference state after prefilling one sequence, KiB: attention KV cache + recurrent "
+                  "(SSM/RNN/conv) state, measured on the model's own cache objects",
                   ["family"] + [str(n) for n in lengths])
     for f in fams:
-        state.rows.append([f] + [f"{states[f].get(str(n), 0) / 1024:.1f}" for n in lengths])
+        cells = [states[f].get(str(n)) for n in lengths]
+        state.rows.append([f] + [f"{c['kv'] / 1024:.0f} + {c['recurrent'] / 1024:.1f}" if c else "-" for c in cells])
     formats = Table("lab_formats", "Accuracy (%) by format and length", ["family", "format"] + [str(n) for n in lengths])
     for f in fams:
-        for fmt in spec.tasks():
+        for fmt in spec.eval_tasks():
             cells = []
             for n in lengths:
                 cell = [r for r in rows if r["model"] == f and r["length"] == n and r["score"] is not None
                         and r["task"].startswith(fmt)]
                 cells.append(f"{100 * sum(r['score'] for r in cell) / len(cell):.0f}" if cell else "-")
-            formats.rows.append([f, fmt.split(",tokens_to_generate")[0].split(":tokens_to_generate")[0]] + cells)
+            label = fmt.split(",tokens_to_generate")[0].split(":tokens_to_generate")[0]
+            formats.rows.append([f, label + ("" if fmt in trained else " (held out)")] + cells)
     return [models, by_length, formats, state], findings
+
+
+def _contrast(spec: LabSpec, acc: dict, learned: list[str], summaries: dict) -> list[str]:
+    """The study's comparison at the longest length: attention vs recurrent families, with
+    intervals and whether each excludes chance."""
+    longest = max(spec.eval_lengths)
+    if longest <= spec.train_length or not learned:
+        return []
+    parts = []
+    for f in learned:
+        if (f, longest) in acc:
+            iv, p0 = acc[f, longest]
+            side = "above" if iv.low > p0 else ("below" if iv.high < p0 else "not distinguishable from")
+            parts.append(f"{f} ({summaries[f]['kind']}) {_interval_text(iv)} %, {side} chance")
+    if not parts:
+        return []
+    p0 = max(v[1] for v in acc.values())
+    return ["", f"At {longest} tokens ({longest / spec.train_length:g}x the training length; chance "
+                f"{100 * p0:.2g} %): " + "; ".join(parts) + "."]
 
 
 def training_curves(spec: LabSpec, out: Path) -> list[Path]:
@@ -118,6 +143,40 @@ def training_curves(spec: LabSpec, out: Path) -> list[Path]:
     return _save(fig, out, "lab_training_curves")
 
 
+def heatmap_panel(spec: LabSpec, rows: list[dict], out: Path) -> list[Path]:
+    """One depth x length heatmap per family side by side (trained formats), the training length
+    marked: the study's picture for every architecture at once."""
+    from ..report.figures import _plt, _save
+    from ..stats import means
+
+    plt = _plt()
+    trained = tuple(spec.tasks())
+    fams = [f for f in spec.families if any(r["model"] == f for r in rows)]
+    if not fams:
+        return []
+    depths, lengths = sorted(spec.depths), sorted(spec.eval_lengths)
+    fig, axes = plt.subplots(1, len(fams), figsize=(3.1 * len(fams) + 0.8, 0.5 * len(depths) + 1.6), squeeze=False)
+    for ax, f in zip(axes[0], fams):
+        cell = means([r for r in rows if r["model"] == f and r["task"].startswith(trained)], ("depth", "length"))
+        grid = [[100 * cell.get((d, n), float("nan")) for n in lengths] for d in depths]
+        im = ax.imshow(grid, cmap="RdYlGn", vmin=0, vmax=100, aspect="auto")
+        ax.set_xticks(range(len(lengths)), [str(n) for n in lengths], fontsize=7)
+        ax.set_yticks(range(len(depths)), [f"{d}%" for d in depths], fontsize=7)
+        if spec.train_length in lengths:
+            ax.axvline(lengths.index(spec.train_length) + 0.5, color="black", lw=1.5, ls="--")
+        ax.set_title(f, fontsize=9)
+        ax.set_xlabel("context length", fontsize=8)
+        for i, row in enumerate(grid):
+            for j, v in enumerate(row):
+                if v == v:
+                    ax.text(j, i, f"{v:.0f}", ha="center", va="center", fontsize=7)
+    axes[0][0].set_ylabel("needle depth", fontsize=8)
+    fig.colorbar(im, ax=list(axes[0]), label="accuracy (%)", shrink=0.8)
+    fig.suptitle(f"Needle retrieval by depth and length; dashed line: training length {spec.train_length}",
+                 fontsize=9)
+    return _save(fig, out, "lab_heatmaps")
+
+
 def write_lab_report(spec: LabSpec) -> Path:
     out = spec.out_dir
     report_dir = out / "report"
@@ -127,7 +186,7 @@ def write_lab_report(spec: LabSpec) -> Path:
     dbs = [d / "eval.sqlite" for d in done.values() if (d / "eval.sqlite").exists()]
     rows, _ = load_rows(dbs)
     tables, findings = lab_tables(spec, rows, summaries, states)
-    figures = training_curves(spec, report_dir / "figures")
+    figures = heatmap_panel(spec, rows, report_dir / "figures") + training_curves(spec, report_dir / "figures")
     make_report(dbs, report_dir, lead_tables=tables, extra_figures=figures)
     text = [f"# Lab: {spec.name}", "", "## Findings", "", *(findings or ["- no family was evaluated"]), "",
             *(to_markdown(t) for t in tables)]

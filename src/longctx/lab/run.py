@@ -137,7 +137,7 @@ def eval_run_spec(spec: LabSpec, name: str, mdir: Path):
 
     return RunSpec(name=f"{spec.name}-{name}", models=(ModelSpec(name, "hf", {"path": str(mdir.resolve()),
                                                                               "batch_size": spec.eval_batch_size}),),
-                   tasks=tuple(spec.tasks()), lengths=spec.eval_lengths, samples=spec.samples, seed=spec.eval_seed,
+                   tasks=tuple(spec.eval_tasks()), lengths=spec.eval_lengths, samples=spec.samples, seed=spec.eval_seed,
                    depths=spec.depths, db=str(mdir / "eval.sqlite"), batch=spec.eval_batch_size)
 
 
@@ -155,7 +155,7 @@ def _evaluate(spec: LabSpec, name: str, mdir: Path, emit) -> None:
 
 
 def eval_total(spec: LabSpec) -> int:
-    return len(spec.formats) * len(spec.depths) * len(spec.eval_lengths) * spec.samples
+    return len(spec.eval_tasks()) * len(spec.depths) * len(spec.eval_lengths) * spec.samples
 
 
 def run_lab(spec: LabSpec, new: bool = False, on_event=None) -> Path:

@@ -16,7 +16,7 @@ from ..types import stable_hash
 
 TOP_KEYS = {"name", "seed", "families", "params", "hidden_size", "train", "formats", "eval", "workers", "out"}
 TRAIN_KEYS = {"length", "min_length", "steps", "batch", "lr", "warmup"}
-EVAL_KEYS = {"lengths", "depths", "samples", "seed", "answer_tokens", "batch_size"}
+EVAL_KEYS = {"lengths", "depths", "samples", "seed", "answer_tokens", "batch_size", "held_out"}
 
 
 @dataclass(frozen=True)
@@ -24,6 +24,7 @@ class LabSpec:
     name: str
     families: tuple[str, ...]
     formats: tuple[str, ...]  # NIAH task specs, trained on and evaluated
+    held_out: tuple[str, ...] = ()  # formats evaluated but never trained on
     params: int = 120_000  # non-embedding parameters per model
     hidden_size: int = 64
     seed: int = 0
@@ -47,8 +48,14 @@ class LabSpec:
         return Path(self.out) if self.out else Path("runs") / "lab" / self.name
 
     def tasks(self) -> list[str]:
-        """The formats as task specs with the lab's generation budget."""
-        return [f"{f}{',' if ':' in f else ':'}tokens_to_generate={self.answer_tokens}" for f in self.formats]
+        """The training formats as task specs with the lab's generation budget."""
+        return [self._task(f) for f in self.formats]
+
+    def eval_tasks(self) -> list[str]:
+        return [self._task(f) for f in self.formats + self.held_out]
+
+    def _task(self, fmt: str) -> str:
+        return f"{fmt}{',' if ':' in fmt else ':'}tokens_to_generate={self.answer_tokens}"
 
     def training_identity(self) -> str:
         """What trained weights depend on (evaluation settings may change without retraining)."""
@@ -100,7 +107,8 @@ def parse_lab_spec(raw: dict) -> LabSpec:
         eval_lengths=tuple(parse_token_count(x) for x in _list(ev, "lengths", (128, 256, 512, 1024, 2048))),
         depths=tuple(_list(ev, "depths", (0, 25, 50, 75, 100))), samples=_int(ev, "samples", 8, 1),
         eval_seed=_int(ev, "seed", 42, 0), answer_tokens=_int(ev, "answer_tokens", 8, 1),
-        eval_batch_size=_int(ev, "batch_size", 16, 1), workers=_int(raw, "workers", 2, 1),
+        eval_batch_size=_int(ev, "batch_size", 16, 1),
+        held_out=tuple(_list(ev, "held_out", ())) if ev.get("held_out") else (), workers=_int(raw, "workers", 2, 1),
         out=raw.get("out"))
     if "/" in spec.name or not spec.name:
         raise UsageError(f"name must be a non-empty word without '/', not {spec.name!r}")
@@ -108,7 +116,7 @@ def parse_lab_spec(raw: dict) -> LabSpec:
         raise UsageError(f"train.min_length ({spec.min_length}) must not exceed train.length ({spec.train_length})")
     if any(not isinstance(d, int) or not 0 <= d <= 100 for d in spec.depths):
         raise UsageError(f"eval.depths are percentages in 0..100, got {list(spec.depths)}")
-    for task in spec.tasks():
+    for task in spec.eval_tasks():
         t = parse_task(task)  # unknown task or parameter -> UsageError
         if t.family != "niah" or dict(t.params).get("value_type") == "uuids":
             raise UsageError(f"lab format {task!r}: the lab trains on NIAH tasks with number or word values")

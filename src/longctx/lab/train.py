@@ -75,6 +75,7 @@ def train(model, batches: dict, out: Path, settings: TrainSettings, progress=Non
     if progress:
         progress(step, curve[-1] if curve else None)
     model.train()
+    torch.set_grad_enabled(True)
     loss_sum, acc_sum, seen = 0.0, 0.0, 0
     started = time.process_time()
     while step < settings.steps:

@@ -117,11 +117,11 @@ def generate(spec: TaskSpec, length: int, ttg: int, index: int, rng: random.Rand
             n, draft = fit_size(essay_build(start), 0, n_max, n, budget, what)
     if p["haystack"] == "noise" and not filled(draft, length, ttg):
         draft = _noise_top_up(ctx, head, tail, prefix, n, needles, depths, targets, meta, budget)
-    if p["haystack"] == "needle":
+    if p["haystack"] in ("needle", "words"):
         for spares in (32, 128):
             if filled(draft, length, ttg):
                 break
-            draft = _top_up(ctx, pool, n, build, draft, budget, spares)
+            draft = _top_up(ctx, pool, n, build, draft, budget, spares, sep)
     check_fill(draft, budget, length, ttg, what)
     return draft
 
@@ -215,11 +215,13 @@ class _Pool:
         self._lines[chosen_idx], self._lines[spare_idx] = self._lines[spare_idx], self._lines[chosen_idx]
 
 
-def _top_up(ctx: GenContext, pool: _Pool, n: int, build, draft: Draft, budget: int, spares: int) -> Draft:
-    """Large distractor lines (two UUIDs) can leave more than 3 % unused at 1K: add a spare line
-    that fits, or swap lines for longer spares, then keep the result only if it still fits."""
+def _top_up(ctx: GenContext, pool: _Pool, n: int, build, draft: Draft, budget: int, spares: int,
+            sep: str = "\n") -> Draft:
+    """Large distractor lines (two UUIDs) can leave more than 3 % unused at 1K, and so can one
+    multi-token word at 128: add a spare unit that fits, or swap units for longer spares, then
+    keep the result only if it still fits."""
     lines = pool.lines(n + spares)
-    sizes = ctx.counter.count_each(["\n" + line for line in lines])
+    sizes = ctx.counter.count_each([sep + line for line in lines])
     added, swaps = best_fill(sizes[:n], sizes[n:], budget - draft.tokens)
     saved = list(pool._lines)
     for i, j in zip(swaps[::2], swaps[1::2]):
