@@ -68,8 +68,21 @@ def test_batches_group_by_length_and_never_pad_the_stateful_loop(checkpoints):
     rwkv = load_model("hf", path=str(checkpoints["rwkv"]), batch_size=8)
     llama = load_model("hf", path=str(checkpoints["llama"]), batch_size=2)
     enc = [[0] * n for n in (30, 10, 10, 20, 11)]
-    assert rwkv._batches(list(range(5)), enc) == [[1, 2], [4], [3], [0]]
+    mamba2 = load_model("hf", path=str(checkpoints["mamba2"]), batch_size=8, prefill_chunk=4)
+    assert mamba2._batches(list(range(5)), enc) == [[1, 2], [4], [3], [0]]
     assert llama._batches(list(range(5)), enc) == [[1, 2], [4, 3], [0]]
+    assert rwkv._batches(list(range(5)), enc) == [[1], [2], [4], [3], [0]]  # see the next test
+
+
+@pytest.mark.parametrize("family", ["rwkv", "mamba2"])
+def test_equal_length_prompts_batched_in_the_stateful_loop_equal_naive(family, checkpoints, bpe):
+    """Different prompts of the same length share a batch in the stateful loop; transformers'
+    RWKV decodes such a batch wrongly (rows mixed), so RWKV runs them one at a time."""
+    prompts = ["one two three four " * 10, "four three two one " * 10, "two one four three " * 10]
+    assert len({bpe.count(p) for p in prompts}) == 1
+    fast = load_model("hf", path=str(checkpoints[family]), batch_size=4, prefill_chunk=16)
+    got = [c.text for c in fast.generate(prompts, GenParams(max_new_tokens=6))]
+    assert got == [naive(fast.model, bpe, p, 6) for p in prompts]
 
 
 def test_over_budget_is_a_failed_row_never_a_truncation(checkpoints, bpe):

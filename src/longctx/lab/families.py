@@ -58,7 +58,7 @@ def _mamba2(vocab, d, knob, train_length, ids):
 def _bamba(vocab, d, knob, train_length, ids):
     from transformers import BambaConfig
 
-    return BambaConfig(vocab_size=vocab, hidden_size=d, num_hidden_layers=4, attn_layer_indices=[1],
+    return BambaConfig(vocab_size=vocab, hidden_size=d, num_hidden_layers=3, attn_layer_indices=[1],
                        num_attention_heads=4, num_key_value_heads=4, intermediate_size=knob, mamba_d_state=16,
                        mamba_n_heads=2 * d // 64, mamba_d_head=64, mamba_expand=2, mamba_chunk_size=32,
                        mamba_n_groups=1, max_position_embeddings=train_length, tie_word_embeddings=True, **ids)
@@ -67,7 +67,7 @@ def _bamba(vocab, d, knob, train_length, ids):
 def _recurrentgemma(vocab, d, knob, train_length, ids):
     from transformers import RecurrentGemmaConfig
 
-    return RecurrentGemmaConfig(vocab_size=vocab, hidden_size=d, lru_width=d, num_hidden_layers=4,
+    return RecurrentGemmaConfig(vocab_size=vocab, hidden_size=d, lru_width=d, num_hidden_layers=3,
                                 num_attention_heads=4, num_key_value_heads=1, head_dim=d // 4,
                                 intermediate_size=knob, attention_window_size=max(16, train_length // 2),
                                 block_types=["recurrent", "recurrent", "attention"], **ids)

@@ -97,13 +97,19 @@ class HFModel:
                 results[i] = Completion(text, len(encoded[i]), len(new_ids), share)
         return results  # type: ignore[return-value]
 
+    @property
+    def _max_batch(self) -> int:
+        # transformers' RWKV mixes the rows of a batch when it decodes one token from a state
+        # (extract_key_value broadcasts a [B, H] shift against [B, 1, H]): one prompt at a time.
+        return 1 if self.family == "rwkv" else self.batch_size
+
     def _batches(self, todo: list[int], encoded: list[list[int]]) -> list[list[int]]:
         """Sorted by length; prompts for the stateful loop are batched only with equal lengths."""
         order = sorted(todo, key=lambda i: len(encoded[i]))
         batches: list[list[int]] = []
         for i in order:
             last = batches[-1] if batches else None
-            fits = last is not None and len(last) < self.batch_size and (
+            fits = last is not None and len(last) < self._max_batch and (
                 len(encoded[last[0]]) == len(encoded[i])
                 or not (self._stateful(len(encoded[i])) or self._stateful(len(encoded[last[0]]))))
             if fits:

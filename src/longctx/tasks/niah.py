@@ -9,6 +9,7 @@ needle at that depth; None = RULER's random placement; honoured for every haysta
 
 from __future__ import annotations
 
+import functools
 import random
 import uuid
 from typing import Any
@@ -193,6 +194,17 @@ def _probe_hint(build, budget: int) -> int:
     return max(0, int((budget - build(0).tokens) / per_unit))
 
 
+@functools.lru_cache(maxsize=1)
+def _single_words() -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The word lists without their few multi-word entries ("dump truck"): one haystack unit is
+    one word."""
+    w = load_words()
+    def single(words):
+        return tuple(x.strip() for x in words if x.strip() and " " not in x.strip())
+
+    return single(w.adjectives), single(w.nouns)
+
+
 class _Pool:
     """Distractor needles (`needle` haystack) or random words (`words`), drawn lazily from their own
     RNG stream."""
@@ -204,8 +216,8 @@ class _Pool:
 
     def lines(self, n: int) -> list[str]:
         while len(self._lines) < n and self.p["haystack"] == "words":
-            w = load_words()
-            self._lines.append(self.rng.choice(w.adjectives if self.rng.random() < 0.5 else w.nouns))
+            adjectives, nouns = _single_words()
+            self._lines.append(self.rng.choice(adjectives if self.rng.random() < 0.5 else nouns))
         while len(self._lines) < n:
             key, val = (draw_value(self.p[k], self.rng, self.p["digits"]) for k in ("key_type", "value_type"))
             self._lines.append(NEEDLE.format(type_v=self.p["value_type"], key=key, value=val))
