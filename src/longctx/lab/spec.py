@@ -32,7 +32,7 @@ class LabSpec:
     min_length: int = 128
     steps: int = 1200
     batch: int = 16
-    lr: float = 5e-3
+    lr: float = 3e-3
     warmup: int = 30
     eval_lengths: tuple[int, ...] = (128, 256, 512, 1024, 2048)
     depths: tuple[int, ...] = (0, 25, 50, 75, 100)
@@ -103,7 +103,7 @@ def parse_lab_spec(raw: dict) -> LabSpec:
         params=_int(raw, "params", 120_000, 1000), hidden_size=_int(raw, "hidden_size", 64, 16),
         seed=_int(raw, "seed", 0, 0), train_length=_tokens(train, "length", 256),
         min_length=_tokens(train, "min_length", 128), steps=_int(train, "steps", 1200, 1),
-        batch=_int(train, "batch", 16, 1), lr=_float(train, "lr", 5e-3), warmup=_int(train, "warmup", 30, 0),
+        batch=_int(train, "batch", 16, 1), lr=_float(train, "lr", 3e-3), warmup=_int(train, "warmup", 30, 0),
         eval_lengths=tuple(parse_token_count(x) for x in _list(ev, "lengths", (128, 256, 512, 1024, 2048))),
         depths=tuple(_list(ev, "depths", (0, 25, 50, 75, 100))), samples=_int(ev, "samples", 8, 1),
         eval_seed=_int(ev, "seed", 42, 0), answer_tokens=_int(ev, "answer_tokens", 8, 1),
