@@ -23,6 +23,7 @@ class Family:
     kind: str  # attention | recurrent | hybrid
     build: Callable  # (vocab, hidden, knob, train_length, special ids) -> config
     knobs: range
+    cost: float  # CPU seconds per training step measured here (batch 16, ~190 tokens): longest first
 
 
 def _llama(vocab, d, knob, train_length, ids, **kw):
@@ -82,12 +83,12 @@ def _rwkv(vocab, d, knob, train_length, ids):
 
 _MLP = range(32, 4097, 8)
 FAMILIES: dict[str, Family] = {f.name: f for f in [
-    Family("llama", "Transformer++ (Llama, RoPE)", "attention", _llama, _MLP),
-    Family("mamba2", "Mamba2", "recurrent", _mamba2, range(1, 33)),
-    Family("bamba", "Mamba2 + attention (Bamba)", "hybrid", _bamba, _MLP),
-    Family("recurrentgemma", "RG-LRU + local attention (RecurrentGemma)", "hybrid", _recurrentgemma, _MLP),
-    Family("rwkv", "linear RNN (RWKV-4)", "recurrent", _rwkv, _MLP),
-    Family("sliding", "sliding-window attention (Mistral)", "attention", _sliding, _MLP),
+    Family("llama", "Transformer++ (Llama, RoPE)", "attention", _llama, _MLP, 0.11),
+    Family("mamba2", "Mamba2", "recurrent", _mamba2, range(1, 33), 0.16),
+    Family("bamba", "Mamba2 + attention (Bamba)", "hybrid", _bamba, _MLP, 0.12),
+    Family("recurrentgemma", "RG-LRU + local attention (RecurrentGemma)", "hybrid", _recurrentgemma, _MLP, 0.15),
+    Family("rwkv", "linear RNN (RWKV-4)", "recurrent", _rwkv, _MLP, 0.23),
+    Family("sliding", "sliding-window attention (Mistral)", "attention", _sliding, _MLP, 0.11),
 ]}
 
 

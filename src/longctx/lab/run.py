@@ -193,11 +193,15 @@ def _run_pool(spec: LabSpec, on_event) -> None:
     import multiprocessing as mp
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
+    from .families import family
+
     ctx = mp.get_context("spawn")
     with ctx.Manager() as manager:
         events = manager.Queue()
         with ProcessPoolExecutor(max_workers=spec.workers, mp_context=ctx) as pool:
-            pending = {pool.submit(family_job, spec, name, events) for name in spec.families}
+            # Longest jobs first, so the two workers finish close together.
+            order = sorted(spec.families, key=lambda name: -family(name).cost)
+            pending = {pool.submit(family_job, spec, name, events) for name in order}
             while pending:
                 done, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
                 _drain(events, on_event)
