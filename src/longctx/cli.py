@@ -1,4 +1,4 @@
-"""The `longctx` command line: run | score | report | generate | data download | tasks | models.
+"""The `longctx` command line: run | score | report | lab | generate | data download | tasks | models.
 
 User errors (bad arguments, missing data, impossible lengths) print one line and exit with 2.
 """
