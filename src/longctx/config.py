@@ -62,11 +62,17 @@ class RunSpec:
 
 
 def load_spec(path: str | Path, overrides: list[str] = ()) -> RunSpec:
+    return parse_spec(read_spec_yaml(path, overrides, "run spec", "name, models, tasks, lengths, ..."))
+
+
+def read_spec_yaml(path: str | Path, overrides: list[str], what: str, keys: str) -> dict:
+    """A spec file (run or lab) as a mapping, `name` defaulting to the file's stem, with the
+    `--key=value` overrides applied; every problem is one UsageError line."""
     import yaml
 
     p = Path(path)
     if not p.is_file():
-        raise UsageError(f"run spec not found: {p}")
+        raise UsageError(f"{what} not found: {p}")
     try:
         raw = yaml.safe_load(p.read_text())
     except yaml.YAMLError as e:
@@ -74,11 +80,11 @@ def load_spec(path: str | Path, overrides: list[str] = ()) -> RunSpec:
         where = f" at line {mark.line + 1}" if mark else ""
         raise UsageError(f"{p} is not valid YAML{where}: {getattr(e, 'problem', e)}") from None
     if not isinstance(raw, dict):
-        raise UsageError(f"{p} must be a YAML mapping of settings (name, models, tasks, lengths, ...)")
+        raise UsageError(f"{p} must be a YAML mapping of settings ({keys})")
     raw.setdefault("name", p.stem)
     for item in overrides:
         apply_override(raw, item)
-    return parse_spec(raw)
+    return raw
 
 
 def apply_override(raw: dict, item: str) -> None:

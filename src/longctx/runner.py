@@ -59,10 +59,9 @@ def run_tasks(spec: RunSpec) -> list[TaskSpec]:
 def _at_depth(task: TaskSpec, depth: int) -> TaskSpec:
     """`task` with every needle at `depth`, keeping its own parameters (`niah_single_1:digits=2`
     becomes `niah_single_1:digits=2,depth=50`)."""
-    base = task.name if task.get("depth") is None else ",".join(
-        p for p in task.name.replace(":", ",", 1).split(",") if not p.startswith("depth=")).replace(",", ":", 1)
-    name = f"{base}{',' if ':' in base else ':'}depth={depth}"
-    return parse_task(name)
+    head, _, args = task.name.partition(":")
+    kept = [a for a in args.split(",") if a and not a.startswith("depth=")]
+    return parse_task(f"{head}:{','.join(kept + [f'depth={depth}'])}")
 
 
 def plan(spec: RunSpec) -> Plan:

@@ -146,8 +146,7 @@ def training_curves(spec: LabSpec, out: Path) -> list[Path]:
 def heatmap_panel(spec: LabSpec, rows: list[dict], out: Path) -> list[Path]:
     """One depth x length heatmap per family side by side (trained formats), the training length
     marked: the study's picture for every architecture at once."""
-    from ..report.figures import _plt, _save
-    from ..stats import means
+    from ..report.figures import _means, _plt, _save, draw_heatmap
 
     plt = _plt()
     trained = tuple(spec.tasks())
@@ -157,19 +156,13 @@ def heatmap_panel(spec: LabSpec, rows: list[dict], out: Path) -> list[Path]:
     depths, lengths = sorted(spec.depths), sorted(spec.eval_lengths)
     fig, axes = plt.subplots(1, len(fams), figsize=(3.1 * len(fams) + 0.8, 0.5 * len(depths) + 1.6), squeeze=False)
     for ax, f in zip(axes[0], fams):
-        cell = means([r for r in rows if r["model"] == f and r["task"].startswith(trained)], ("depth", "length"))
-        grid = [[100 * cell.get((d, n), float("nan")) for n in lengths] for d in depths]
-        im = ax.imshow(grid, cmap="RdYlGn", vmin=0, vmax=100, aspect="auto")
-        ax.set_xticks(range(len(lengths)), [str(n) for n in lengths], fontsize=7)
-        ax.set_yticks(range(len(depths)), [f"{d}%" for d in depths], fontsize=7)
+        cell = _means([r for r in rows if r["model"] == f and r["task"].startswith(trained)], ("depth", "length"))
+        im = draw_heatmap(ax, cell, depths, lengths, fontsize=7)
+        ax.tick_params(labelsize=7)
         if spec.train_length in lengths:
             ax.axvline(lengths.index(spec.train_length) + 0.5, color="black", lw=1.5, ls="--")
         ax.set_title(f, fontsize=9)
         ax.set_xlabel("context length", fontsize=8)
-        for i, row in enumerate(grid):
-            for j, v in enumerate(row):
-                if v == v:
-                    ax.text(j, i, f"{v:.0f}", ha="center", va="center", fontsize=7)
     axes[0][0].set_ylabel("needle depth", fontsize=8)
     fig.colorbar(im, ax=list(axes[0]), label="accuracy (%)", shrink=0.8)
     fig.suptitle(f"Needle retrieval by depth and length; dashed line: training length {spec.train_length}",

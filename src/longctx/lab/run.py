@@ -23,6 +23,7 @@ from pathlib import Path
 
 from ..errors import UsageError
 from .spec import LabSpec
+from .train import save_atomic, write_json_atomic
 
 IDS = dict(pad_token_id=0, unk_token_id=1, bos_token_id=2, eos_token_id=3)  # vocab.SPECIALS order
 
@@ -42,7 +43,7 @@ def prepare(spec: LabSpec, new: bool = False) -> Path:
         if old.get("training_identity") != spec.training_identity():
             raise UsageError(f"{out} holds models trained under a different spec; use --new to start over "
                              "(the old folder is kept) or set out: to another folder")
-    _write_json(stamp, json.loads(spec.to_json()) | {"training_identity": spec.training_identity()})
+    write_json_atomic(stamp, json.loads(spec.to_json()) | {"training_identity": spec.training_identity()})
     return out
 
 
@@ -59,17 +60,12 @@ def ensure_tokenizer(out: Path):
 
 
 def ensure_data(spec: LabSpec, out: Path, tokenizer_dir: Path, progress=None) -> Path:
-    import torch
-
     from .data import build_batches
 
     path = out / "train_data.pt"
     if not path.exists():
-        data = build_batches(spec.tasks(), spec.min_length, spec.train_length, spec.steps, spec.batch,
-                             seed=spec.seed + 1_000_000, tokenizer_dir=tokenizer_dir, progress=progress)
-        tmp = path.with_suffix(".tmp")
-        torch.save(data, tmp)
-        os.replace(tmp, path)
+        save_atomic(build_batches(spec.tasks(), spec.min_length, spec.train_length, spec.steps, spec.batch,
+                                  seed=spec.seed + 1_000_000, tokenizer_dir=tokenizer_dir, progress=progress), path)
     return path
 
 
@@ -94,7 +90,7 @@ def family_job(spec: LabSpec, name: str, events=None, threads: int = 1) -> dict:
     summary = json.loads((mdir / "done.json").read_text())
     emit("train", spec.steps, None)
     if not (mdir / "state.json").exists():
-        _write_json(mdir / "state.json", _measure_state(mdir, spec))
+        write_json_atomic(mdir / "state.json", _measure_state(mdir, spec))
     _evaluate(spec, name, mdir, emit)
     return summary
 
@@ -218,9 +214,3 @@ def _drain(events, on_event) -> None:
             return
         if on_event:
             on_event(*event)
-
-
-def _write_json(path: Path, obj) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True))
-    os.replace(tmp, path)

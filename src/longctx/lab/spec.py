@@ -10,7 +10,7 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ..config import apply_override, parse_token_count
+from ..config import parse_token_count, read_spec_yaml
 from ..errors import UsageError
 from ..types import stable_hash
 
@@ -67,21 +67,7 @@ class LabSpec:
 
 
 def load_lab_spec(path: str | Path, overrides: list[str] = ()) -> LabSpec:
-    import yaml
-
-    p = Path(path)
-    if not p.is_file():
-        raise UsageError(f"lab spec not found: {p}")
-    try:
-        raw = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as e:
-        raise UsageError(f"{p} is not valid YAML: {getattr(e, 'problem', e)}") from None
-    if not isinstance(raw, dict):
-        raise UsageError(f"{p} must be a YAML mapping (name, families, formats, train, eval, ...)")
-    raw.setdefault("name", p.stem)
-    for item in overrides:
-        apply_override(raw, item)
-    return parse_lab_spec(raw)
+    return parse_lab_spec(read_spec_yaml(path, overrides, "lab spec", "name, families, formats, train, eval, ..."))
 
 
 def parse_lab_spec(raw: dict) -> LabSpec:

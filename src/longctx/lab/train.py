@@ -100,7 +100,7 @@ def train(model, batches: dict, out: Path, settings: TrainSettings, progress=Non
             if progress:
                 progress(step, point)
         if step % settings.save_every == 0 and step < settings.steps:
-            _atomic_save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step, "curve": curve,
+            save_atomic({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step, "curve": curve,
                           "cpu_seconds": cpu + time.process_time() - started}, state_path)
     model.eval()
     summary = {"steps": settings.steps, "cpu_seconds": round(cpu + time.process_time() - started, 1),
@@ -117,7 +117,8 @@ def _write_curve(curve: list[dict], path: Path) -> None:
         w.writerows(curve)
 
 
-def _atomic_save(obj, path: Path) -> None:
+def save_atomic(obj, path: Path) -> None:
+    """torch.save that leaves either the old file or the whole new one, never a torn one."""
     import torch
 
     tmp = path.with_suffix(".tmp")
@@ -125,8 +126,12 @@ def _atomic_save(obj, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def write_json_atomic(path: Path, obj) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True))
+    os.replace(tmp, path)
+
+
 def write_done(out: Path, summary: dict) -> None:
-    tmp = out / (DONE + ".tmp")
-    tmp.write_text(json.dumps(summary, indent=2, sort_keys=True))
-    os.replace(tmp, out / DONE)
+    write_json_atomic(out / DONE, summary)
     (out / TRAIN_STATE).unlink(missing_ok=True)

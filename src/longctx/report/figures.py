@@ -46,21 +46,28 @@ def depth_heatmaps(rows, out: Path) -> list[Path]:
         sub = [r for r in needle if r["model"] == model]
         cell = _means(sub, ("depth", "length"))
         depths, lengths = sorted({d for d, _ in cell}), sorted({n for _, n in cell})
-        grid = [[cell.get((d, n), float("nan")) for n in lengths] for d in depths]
         fig, ax = plt.subplots(figsize=(1.2 + 0.9 * len(lengths), 1 + 0.45 * len(depths)))
-        im = ax.imshow(grid, cmap="RdYlGn", vmin=0, vmax=100, aspect="auto")
-        ax.set_xticks(range(len(lengths)), [f"{n // 1024}K" if n % 1024 == 0 else n for n in lengths])
-        ax.set_yticks(range(len(depths)), [f"{d:g}%" for d in depths])
+        im = draw_heatmap(ax, cell, depths, lengths)
         ax.set_xlabel("context length (tokens)")
         ax.set_ylabel("needle depth")
         ax.set_title(f"{model}: needle retrieval")
-        for i, row in enumerate(grid):
-            for j, v in enumerate(row):
-                if v == v:
-                    ax.text(j, i, f"{v:.0f}", ha="center", va="center", fontsize=8)
         fig.colorbar(im, ax=ax, label="score")
         paths += _save(fig, out, f"heatmap_{_safe(model)}")
     return paths
+
+
+def draw_heatmap(ax, cell: dict, depths: list, lengths: list, fontsize: int = 8):
+    """A depth x length grid of scores (x100, keyed (depth, length)) on `ax`, each cell labelled;
+    returns the image for a colorbar."""
+    grid = [[cell.get((d, n), float("nan")) for n in lengths] for d in depths]
+    im = ax.imshow(grid, cmap="RdYlGn", vmin=0, vmax=100, aspect="auto")
+    ax.set_xticks(range(len(lengths)), [f"{n // 1024}K" if n % 1024 == 0 else n for n in lengths])
+    ax.set_yticks(range(len(depths)), [f"{d:g}%" for d in depths])
+    for i, row in enumerate(grid):
+        for j, v in enumerate(row):
+            if v == v:  # not NaN
+                ax.text(j, i, f"{v:.0f}", ha="center", va="center", fontsize=fontsize)
+    return im
 
 
 def length_curves(rows, info, out: Path) -> list[Path]:

@@ -103,8 +103,8 @@ def generate(spec: TaskSpec, length: int, ttg: int, index: int, rng: random.Rand
         pool = _Pool(p, rng) if p["haystack"] in ("needle", "words") else None
         sep = " " if p["haystack"] == "words" else "\n"
 
-        def build(n: int) -> Draft:
-            units = pool.lines(n) if pool else [NOISE] * n
+        def build(n: int, partial: str = "") -> Draft:
+            units = (pool.lines(n) if pool else [NOISE] * n) + ([partial] if partial else [])
             return _assemble(ctx, head, tail, prefix, units, needles, depths, sep, targets, meta, False)
 
         n_max = max(1, length)
@@ -117,7 +117,7 @@ def generate(spec: TaskSpec, length: int, ttg: int, index: int, rng: random.Rand
                 break
             n, draft = fit_size(essay_build(start), 0, n_max, n, budget, what)
     if p["haystack"] == "noise" and not filled(draft, length, ttg):
-        draft = _noise_top_up(ctx, head, tail, prefix, n, needles, depths, targets, meta, budget)
+        draft = _noise_top_up(build, n, draft, budget)
     if p["haystack"] in ("needle", "words"):
         for spares in (32, 128):
             if filled(draft, length, ttg):
@@ -174,18 +174,16 @@ def _assemble(ctx, head, tail, prefix, units, needles, depths, sep, targets, met
     return ctx.draft([head], context, [tail], prefix, targets, m)
 
 
-def _noise_top_up(ctx, head, tail, prefix, n, needles, depths, targets, meta, budget) -> Draft:
+def _noise_top_up(build, n: int, draft: Draft, budget: int) -> Draft:
     """One noise repeat is ~25 tokens, more than the 3 % slack below ~800 tokens: after n whole
     repeats, add the longest run of the repeat's first words that still fits (RULER would leave
     the prompt short; see docs/ruler-differences.md)."""
-    best = None
     for k in range(1, len(NOISE_WORDS)):
-        units = [NOISE] * n + [" ".join(NOISE_WORDS[:k])]
-        draft = _assemble(ctx, head, tail, prefix, units, needles, depths, "\n", targets, meta, False)
-        if draft.tokens > budget:
+        longer = build(n, " ".join(NOISE_WORDS[:k]))
+        if longer.tokens > budget:
             break
-        best = draft
-    return best or _assemble(ctx, head, tail, prefix, [NOISE] * n, needles, depths, "\n", targets, meta, False)
+        draft = longer
+    return draft
 
 
 def _probe_hint(build, budget: int) -> int:
@@ -199,6 +197,7 @@ def _single_words() -> tuple[tuple[str, ...], tuple[str, ...]]:
     """The word lists without their few multi-word entries ("dump truck"): one haystack unit is
     one word."""
     w = load_words()
+
     def single(words):
         return tuple(x.strip() for x in words if x.strip() and " " not in x.strip())
 
@@ -215,13 +214,17 @@ class _Pool:
         self._lines: list[str] = []
 
     def lines(self, n: int) -> list[str]:
-        while len(self._lines) < n and self.p["haystack"] == "words":
-            adjectives, nouns = _single_words()
-            self._lines.append(self.rng.choice(adjectives if self.rng.random() < 0.5 else nouns))
         while len(self._lines) < n:
-            key, val = (draw_value(self.p[k], self.rng, self.p["digits"]) for k in ("key_type", "value_type"))
-            self._lines.append(NEEDLE.format(type_v=self.p["value_type"], key=key, value=val))
+            self._lines.append(self._word() if self.p["haystack"] == "words" else self._needle())
         return self._lines[:n]
+
+    def _word(self) -> str:
+        adjectives, nouns = _single_words()
+        return self.rng.choice(adjectives if self.rng.random() < 0.5 else nouns)
+
+    def _needle(self) -> str:
+        key, val = (draw_value(self.p[k], self.rng, self.p["digits"]) for k in ("key_type", "value_type"))
+        return NEEDLE.format(type_v=self.p["value_type"], key=key, value=val)
 
     def replace(self, chosen_idx: int, spare_idx: int) -> None:
         self._lines[chosen_idx], self._lines[spare_idx] = self._lines[spare_idx], self._lines[chosen_idx]
