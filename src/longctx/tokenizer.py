@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+from itertools import accumulate
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -161,6 +162,53 @@ def _sha256_of(path: str, size: int, mtime_ns: int) -> str:
     return h.hexdigest()
 
 
+class Run:
+    """Pieces `seq[start:stop]` of a shared sequence, each following its predecessor in `seq`.
+
+    A haystack is a few long runs of units (essay sentences, noise paragraphs, distractor lines)
+    cut by a handful of needles. Counting it piece by piece costs O(units) per size probe; a Run
+    costs one junction look-up (its first piece after whatever precedes it) plus a difference of
+    prefix sums. `cum[i]` is the count of seq[1..i-1], each after its predecessor; it is the
+    counter's own table of `seq` unless the producer of `seq` supplies it (tests hold such tables
+    to a full encode).
+    """
+
+    __slots__ = ("seq", "start", "stop", "cum")
+
+    def __init__(self, seq: Sequence[str], start: int, stop: int, cum: Sequence[int] | None = None):
+        if not 0 <= start <= stop <= len(seq):
+            raise ValueError(f"run [{start}:{stop}] outside a sequence of {len(seq)}")
+        self.seq, self.start, self.stop, self.cum = seq, start, stop, cum
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+    def __repr__(self) -> str:
+        return f"Run({self.start}:{self.stop} of {len(self.seq)})"
+
+    def inner(self, counter: "PieceCounter") -> int:
+        """Tokens of every piece but the first (which depends on what precedes the run)."""
+        if self.stop - self.start <= 1:
+            return 0
+        cum = self.cum if self.cum is not None else counter.table(self.seq)
+        return cum[self.stop] - cum[self.start + 1]
+
+    def slice(self, a: int, b: int) -> "Run":
+        """Units a..b-1 of this run (indices relative to it)."""
+        return Run(self.seq, self.start + a, self.start + b, self.cum)
+
+
+def flatten(pieces: Sequence) -> list[str]:
+    """Strings and Runs to plain strings."""
+    out: list[str] = []
+    for p in pieces:
+        if type(p) is Run:
+            out.extend(p.seq[p.start:p.stop])
+        else:
+            out.append(p)
+    return out
+
+
 class PieceCounter:
     """Counts a prompt given as pieces, from memoised in-context piece counts.
 
@@ -173,6 +221,7 @@ class PieceCounter:
     def __init__(self, tokenizer: Tokenizer):
         self.tok = tokenizer
         self._memo: dict = {}
+        self._tables: dict[int, tuple[Sequence[str], list[int]]] = {}
         # How digits in a left tail are keyed: as 0 where digit runs are their own pre-tokens.
         self._tail_table = _DIGITS_AS_ZERO if _digit_runs_isolated(tokenizer) else {}
 
@@ -205,17 +254,45 @@ class PieceCounter:
         for k, n, b in zip(missing, full, bases):
             self._memo[k] = n - base_counts[b] if b else n
 
-    def total(self, pieces: Sequence[str]) -> int:
-        """Token count of "".join(pieces) as encoded for the model (special tokens included)."""
-        key = self.key
-        keys = [key(prev, piece) for prev, piece in zip(("",) + tuple(pieces[:-1]), pieces)]
-        memo = self._memo
+    def total(self, pieces: Sequence) -> int:
+        """Token count of the joined pieces (strings and `Run`s) as encoded for the model, special
+        tokens included. A Run costs one junction look-up plus a difference of its prefix sums."""
+        key, memo = self.key, self._memo
+        keys, inner, prev = [], 0, ""
+        for p in pieces:
+            if type(p) is Run:
+                keys.append(key(prev, p.seq[p.start]))
+                inner += p.inner(self)
+                prev = p.seq[p.stop - 1]
+            else:
+                keys.append(key(prev, p))
+                prev = p
         try:
             n = sum(memo[k] for k in keys)
         except KeyError:
             self._measure(keys)
             n = sum(memo[k] for k in keys)
-        return n + self.tok.special_overhead(pieces[0] if pieces else "")
+        first = pieces[0] if pieces else ""
+        return n + inner + self.tok.special_overhead(first.seq[first.start] if type(first) is Run else first)
+
+    def counts(self, pairs: Sequence[tuple[str, str]]) -> list[int]:
+        """In-context counts of (left neighbour, piece) pairs."""
+        keys = [self.key(prev, piece) for prev, piece in pairs]
+        self._measure(keys)
+        return [self._memo[k] for k in keys]
+
+    def table(self, seq: Sequence[str]) -> list[int]:
+        """Prefix sums of each piece of `seq` counted after its predecessor in `seq` (see `Run`).
+        Kept per sequence object (a few at a time): a haystack's units are counted once."""
+        hit = self._tables.get(id(seq))
+        if hit is not None and hit[0] is seq:
+            return hit[1]
+        counts = self.counts(list(zip(seq[:-1], seq[1:]))) if len(seq) > 1 else []
+        cum = [0] + list(accumulate(counts, initial=0))
+        if len(self._tables) >= 16:
+            self._tables.pop(next(iter(self._tables)))
+        self._tables[id(seq)] = (seq, cum)
+        return cum
 
     def count_each(self, pieces: Sequence[str], prev: str = ".") -> list[int]:
         """In-context counts of pieces that will each follow text ending like `prev`."""
@@ -227,3 +304,4 @@ class PieceCounter:
         """Bound memory: drop the memo when it grows past `keep` entries (counts are recomputed)."""
         if len(self._memo) > keep:
             self._memo.clear()
+            self._tables.clear()

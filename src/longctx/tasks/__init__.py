@@ -157,7 +157,7 @@ def generate_samples(spec: TaskSpec, length: int, indices: range, ctx: GenContex
         draft = mod.generate(spec, length, ttg, i, sample_rng(spec, length, ctx.options.seed, i), ctx, state)
         checked = verify == "all" or (verify == "cell" and i == indices.start)
         if checked and not ctx.exact:
-            real = ctx.tok.count("".join(draft.pieces) + draft.answer_prefix)
+            real = ctx.tok.count(draft.text() + draft.answer_prefix)
             if real != draft.tokens:
                 warnings.warn(f"{spec.name}@{length}: additive token count {draft.tokens} != {real} for this "
                               "tokenizer; counting this cell exactly (slower)", stacklevel=2)

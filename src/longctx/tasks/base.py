@@ -18,7 +18,7 @@ from typing import Any, Callable, Sequence
 from ..corpora import DataPaths
 from ..errors import FitError, UsageError
 from ..templates import ERAS, TASK_TEMPLATES, VT_ANSWER_PREFIX_2024, model_wrapper, singular_rewrite
-from ..tokenizer import PieceCounter, Tokenizer
+from ..tokenizer import PieceCounter, Run, Tokenizer, flatten
 from ..types import Sample, stable_hash
 
 GENERATOR_VERSION = 1  # bump when generated text changes, so cached samples are not reused
@@ -68,13 +68,18 @@ class GenOptions:
 
 @dataclass
 class Draft:
-    """A prompt as pieces (head + context + tail) plus its answer prefix, targets and metadata."""
+    """A prompt as pieces (head + context + tail; strings and Runs) plus its answer prefix, targets
+    and metadata."""
 
-    pieces: list[str]
+    pieces: list[str | Run]
     answer_prefix: str
     targets: tuple[str, ...]
     meta: dict[str, Any] = field(default_factory=dict)
     tokens: int = 0  # prompt tokens incl. answer prefix and special tokens
+
+    def text(self) -> str:
+        """The prompt without its answer prefix."""
+        return "".join(flatten(self.pieces))
 
 
 class GenContext:
@@ -87,6 +92,7 @@ class GenContext:
         self.counter = PieceCounter(tokenizer)
         self.wrapper = model_wrapper(self.options.model_template, tokenizer)
         self.exact = False  # set per cell when additive counting was found inexact
+        self.cache: dict = {}  # per-tokenizer tables a task builds once (e.g. NIAH distractor pools)
 
     @property
     def compat(self) -> bool:
@@ -125,7 +131,7 @@ class GenContext:
         if not self.options.remove_newline_tab:
             return pieces, answer_prefix
         out: list[str] = []
-        for p in pieces + [answer_prefix]:
+        for p in flatten(pieces) + [answer_prefix]:
             p = re.sub(r"\s+", " ", p)
             if out and out[-1].endswith(" ") and p.startswith(" "):
                 p = p[1:]
@@ -135,12 +141,12 @@ class GenContext:
         out[-1] = out[-1].rstrip()
         return [p for p in out[:-1] if p], out[-1]
 
-    def count(self, pieces: Sequence[str]) -> int:
+    def count(self, pieces: Sequence[str | Run]) -> int:
         if self.exact:
-            return self.tok.count("".join(pieces))
+            return self.tok.count("".join(flatten(pieces)))
         return self.counter.total(pieces)
 
-    def draft(self, head: Sequence[str], context: Sequence[str], tail: Sequence[str], answer_prefix: str,
+    def draft(self, head: Sequence[str], context: Sequence[str | Run], tail: Sequence[str], answer_prefix: str,
               targets: Sequence[str], meta: dict[str, Any] | None = None) -> Draft:
         pieces, prefix = self.finish([p for p in (*head, *context, *tail) if p], answer_prefix)
         d = Draft(pieces, prefix, tuple(targets), dict(meta or {}))
@@ -272,7 +278,7 @@ def sample_rng(spec: TaskSpec, length: int, seed: int, index: int) -> random.Ran
 
 def make_sample(spec: TaskSpec, length: int, index: int, draft: Draft, ctx: GenContext, ttg: int,
                 metric: str) -> Sample:
-    prompt, prefix = "".join(draft.pieces), draft.answer_prefix
+    prompt, prefix = draft.text(), draft.answer_prefix
     if ctx.era == "2024":  # the 2024 files kept the answer prefix inside `input`
         prompt, prefix = prompt + prefix, ""
     o = ctx.options

@@ -9,13 +9,17 @@ needle at that depth; None = RULER's random placement; honoured for every haysta
 
 from __future__ import annotations
 
+import bisect
 import functools
 import random
 import uuid
+from itertools import accumulate
 from typing import Any
 
 from ..corpora import load_essays, load_words
 from ..errors import UsageError
+from ..tokenizer import Run
+from ..types import stable_hash
 from .base import Draft, GenContext, TaskSpec, best_fill, check_fill, filled, fit_size
 
 NOISE = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."
@@ -83,8 +87,10 @@ def generate(spec: TaskSpec, length: int, ttg: int, index: int, rng: random.Rand
     budget = length - ttg
     what = f"{spec.name}@{length}"
     depths = _depths(p, len(needles), rng)
+    pool = None  # the needle and words haystacks draw their units from a pool
     if p["haystack"] == "essay":
         essays = load_essays(ctx.data.essays_path())
+        units = _essay_units(essays)
         starts = [0 if ctx.compat else rng.randrange(len(essays.sentences))]
         # A window can end at a huge "word" (a URL, a code line) that adds 100+ tokens at once;
         # then a new window start is drawn, at most a few times.
@@ -92,20 +98,25 @@ def generate(spec: TaskSpec, length: int, ttg: int, index: int, rng: random.Rand
 
         def essay_build(start: int):
             def build(n: int) -> Draft:
-                sents = _essay_sentences(essays, start, n)
-                return _assemble(ctx, head, tail, prefix, sents, needles, depths, " ", targets, meta, ctx.compat)
+                hay = units.window(start, n)
+                return _assemble(ctx, head, tail, prefix, hay, needles, depths, " ", targets, meta, ctx.compat)
             return build
 
         build = essay_build(starts[0])
 
         n_max = max(1, 3 * length)  # words; essay tokens/word is ~1.3, so 3 words/token is a safe ceiling
     else:
-        pool = _Pool(p, rng) if p["haystack"] in ("needle", "words") else None
         sep = " " if p["haystack"] == "words" else "\n"
+        if p["haystack"] == "words":
+            pool = _WordUnits(rng)
+        elif p["haystack"] == "needle":
+            pool = _NeedleLines(p, _distractor_parts(ctx, p, length), rng, set(keys))
 
         def build(n: int, partial: str = "") -> Draft:
-            units = (pool.lines(n) if pool else [NOISE] * n) + ([partial] if partial else [])
-            return _assemble(ctx, head, tail, prefix, units, needles, depths, sep, targets, meta, False)
+            hay = pool.hay(n) if pool else [Run(_repeated(sep + NOISE, n), 0, n)]
+            if partial:
+                hay.append(Run((sep + partial,), 0, 1))
+            return _assemble(ctx, head, tail, prefix, hay, needles, depths, sep, targets, meta, False)
 
         n_max = max(1, length)
     hint = state.get("hint") or _probe_hint(build, budget)
@@ -118,11 +129,11 @@ def generate(spec: TaskSpec, length: int, ttg: int, index: int, rng: random.Rand
             n, draft = fit_size(essay_build(start), 0, n_max, n, budget, what)
     if p["haystack"] == "noise" and not filled(draft, length, ttg):
         draft = _noise_top_up(build, n, draft, budget)
-    if p["haystack"] in ("needle", "words"):
+    if pool is not None:
         for spares in (32, 128):
             if filled(draft, length, ttg):
                 break
-            draft = _top_up(ctx, pool, n, build, draft, budget, spares, sep)
+            draft = _top_up(ctx, pool, n, build, draft, budget, spares)
     check_fill(draft, budget, length, ttg, what)
     return draft
 
@@ -138,38 +149,89 @@ def _depths(p: dict, n_needles: int, rng: random.Random) -> list[float]:
     return sorted(rng.random() for _ in range(n_needles))
 
 
-def _essay_sentences(essays, start: int, n_words: int) -> list[str]:
-    """The first n_words words from sentence `start` on (wrapping around), last sentence truncated."""
-    out, left, i, total = [], n_words, start, len(essays.sentences)
-    while left > 0:
-        s, wc = essays.sentences[i % total], essays.word_counts[i % total]
-        out.append(s if wc <= left else " ".join(s.split(" ")[:left]))
-        left -= wc
-        i += 1
+class _EssayUnits:
+    """The essay corpus as sep-prefixed sentences (" " + sentence) with cumulative word counts, so a
+    window of n words is a Run or two (it may wrap around) plus a word-truncated last sentence."""
+
+    def __init__(self, essays):
+        self.essays = essays
+        self.seq = tuple(" " + s for s in essays.sentences)
+        self.words = list(accumulate(essays.word_counts, initial=0))
+
+    def window(self, start: int, n_words: int) -> list[Run]:
+        """The first n_words words from sentence `start` on (wrapping around), last sentence truncated."""
+        runs, left, i, total = [], n_words, start, len(self.seq)
+        while left > 0:
+            j = min(bisect.bisect_right(self.words, self.words[i] + left) - 1, total)
+            if j > i:
+                runs.append(Run(self.seq, i, j))
+                left -= self.words[j] - self.words[i]
+            if left <= 0:
+                break
+            if j < total:  # sentence j is longer than what is left: keep its first `left` words
+                runs.append(Run((" " + " ".join(self.essays.sentences[j].split(" ")[:left]),), 0, 1))
+                break
+            i = 0
+        return runs
+
+
+_ESSAY_UNITS: dict[int, _EssayUnits] = {}
+
+
+def _essay_units(essays) -> _EssayUnits:
+    units = _ESSAY_UNITS.get(id(essays))
+    if units is None or units.essays is not essays:
+        units = _ESSAY_UNITS[id(essays)] = _EssayUnits(essays)
+    return units
+
+
+_REPEATS: dict[str, tuple[str, ...]] = {}
+
+
+def _repeated(unit: str, n: int) -> tuple[str, ...]:
+    """A shared tuple of at least n copies of `unit` (one object, so its count table is built once)."""
+    seq = _REPEATS.get(unit, ())
+    if len(seq) < n:
+        seq = _REPEATS[unit] = (unit,) * max(2 * n, 1024)
+    return seq
+
+
+def _units(hay: list[Run], a: int, b: int) -> list[Run]:
+    """Units a..b-1 of a haystack given as consecutive Runs."""
+    out, offset = [], 0
+    for r in hay:
+        lo, hi = max(a, offset), min(b, offset + len(r))
+        if lo < hi:
+            out.append(r.slice(lo - offset, hi - offset))
+        offset += len(r)
     return out
 
 
-def _assemble(ctx, head, tail, prefix, units, needles, depths, sep, targets, meta, ruler_gaps) -> Draft:
-    """Insert each needle after int(len(units) * depth) units and join with `sep`.
+def _assemble(ctx, head, tail, prefix, hay: list[Run], needles, depths, sep, targets, meta, ruler_gaps) -> Draft:
+    """Insert each needle after int(n * depth) of the haystack's n units and join with `sep`.
 
-    With `ruler_gaps` (essay, ruler_compat) the text is RULER's `" ".join` of sentence groups and
+    `hay` holds the units sep-prefixed, as Runs; the context's first piece drops its sep. With
+    `ruler_gaps` (essay, ruler_compat) the text is RULER's `" ".join` of sentence groups and
     needles, where an empty group leaves a leading or doubled space.
     """
-    n = len(units)
+    n = sum(len(r) for r in hay)
     cut = [int(n * d) for d in depths]
-    parts: list[list[str] | str] = []  # sentence groups (lists) and needles (str), interleaved
-    prev = 0
-    for needle, c in zip(needles, cut):
-        parts += [list(units[prev:c]), needle]
-        prev = c
-    parts.append(list(units[prev:]))
-    context: list[str] = []
-    for part in parts:
-        items = [part] if isinstance(part, str) else part
-        if not items and ruler_gaps:
-            items = [""]
-        for item in items:
-            context.append(item if not context else sep + item)
+    bounds = [0] + cut + [n]
+    context: list = []
+    started = False
+    for i in range(len(bounds) - 1):
+        group = _units(hay, bounds[i], bounds[i + 1])
+        if group and not started:
+            first = group[0]
+            context.append(first.seq[first.start][len(sep):])
+            group[0] = first.slice(1, len(first))
+        context += group
+        if not group and ruler_gaps and started:
+            context.append(sep)
+        started = started or bool(group) or ruler_gaps
+        if i < len(needles):
+            context.append(sep + needles[i] if started else needles[i])
+            started = True
     m = dict(meta, haystack_units=n, needle_unit_index=cut)
     return ctx.draft([head], context, [tail], prefix, targets, m)
 
@@ -204,41 +266,138 @@ def _single_words() -> tuple[tuple[str, ...], tuple[str, ...]]:
     return single(w.adjectives), single(w.nouns)
 
 
-class _Pool:
-    """Distractor needles (`needle` haystack) or random words (`words`), drawn lazily from their own
-    RNG stream."""
+class _WordUnits:
+    """The `words` haystack: random single words (" word" units), drawn lazily from their own RNG
+    stream. A word after a word is a context-free piece, so each unit's count is its own."""
 
-    def __init__(self, p: dict, rng: random.Random):
-        self.p = p
+    def __init__(self, rng: random.Random):
         self.rng = random.Random(rng.getrandbits(64))
-        self._lines: list[str] = []
+        self.units: list[str] = []
 
-    def lines(self, n: int) -> list[str]:
-        while len(self._lines) < n:
-            self._lines.append(self._word() if self.p["haystack"] == "words" else self._needle())
-        return self._lines[:n]
-
-    def _word(self) -> str:
+    def _grow(self, n: int) -> None:
         adjectives, nouns = _single_words()
-        return self.rng.choice(adjectives if self.rng.random() < 0.5 else nouns)
+        while len(self.units) < n:
+            self.units.append(" " + self.rng.choice(adjectives if self.rng.random() < 0.5 else nouns))
 
-    def _needle(self) -> str:
-        key, val = (draw_value(self.p[k], self.rng, self.p["digits"]) for k in ("key_type", "value_type"))
-        return NEEDLE.format(type_v=self.p["value_type"], key=key, value=val)
+    def sizes(self, ctx: GenContext, n: int) -> list[int]:
+        self._grow(n)
+        return ctx.counter.count_each(self.units[:n], prev="x")
 
-    def replace(self, chosen_idx: int, spare_idx: int) -> None:
-        self._lines[chosen_idx], self._lines[spare_idx] = self._lines[spare_idx], self._lines[chosen_idx]
+    def hay(self, n: int) -> list[Run]:
+        self._grow(n)
+        return [Run(tuple(self.units[:n]), 0, n)]  # a snapshot: top-up swaps reorder the list
+
+    def replace(self, i: int, j: int) -> None:
+        self.units[i], self.units[j] = self.units[j], self.units[i]
+
+    def save(self) -> list:
+        return list(self.units)
+
+    def restore(self, saved: list) -> None:
+        self.units = saved
 
 
-def _top_up(ctx: GenContext, pool: _Pool, n: int, build, draft: Draft, budget: int, spares: int,
-            sep: str = "\n") -> Draft:
+POOL_MIN = 8192
+
+
+def _distractor_parts(ctx: GenContext, p: dict, length: int) -> "_PartsPool":
+    """The needle haystack's keys and values, drawn from seeded pools with their token counts
+    measured once per tokenizer (a 16K prompt holds ~1000 distractor lines; counting each fresh
+    random line would cost more than everything else in the generator). See docs/ruler-differences.md."""
+    size = max(POOL_MIN, 1 << (max(1, length // 2) - 1).bit_length())
+    key = ("niah-pool", p["key_type"], p["value_type"], p["digits"], size, ctx.options.seed)
+    pool = ctx.cache.get(key)
+    if pool is None:
+        pool = ctx.cache[key] = _PartsPool(ctx, p, size)
+    return pool
+
+
+class _PartsPool:
+    """Distinct distractor keys and values, and the in-context counts of a line's pieces:
+    `<head> <key> is: <value>.` where head is sep + "One of the special magic {type_v} for".
+    A line's count after another line is head(previous value) + key + " is:" + value."""
+
+    def __init__(self, ctx: GenContext, p: dict, size: int):
+        rng = random.Random(int(stable_hash("niah-distractors", p["key_type"], p["value_type"], p["digits"], size,
+                                            ctx.options.seed), 16))
+        self.keys = _distinct(p["key_type"], rng, p["digits"], size)
+        self.values = _distinct(p["value_type"], rng, p["digits"], size)
+        self.head = "\n" + NEEDLE.split(" {key}")[0].format(type_v=p["value_type"])
+        c = ctx.counter.counts
+        self.key_tokens = c([(self.head, " " + k) for k in self.keys])
+        self.is_tokens = c([(" " + self.keys[0], " is:")])[0]
+        self.value_tokens = c([(" is:", f" {v}.") for v in self.values])
+        self.head_tokens = c([(f" {v}.", self.head) for v in self.values])  # the head after that value
+
+
+def _distinct(kind: str, rng: random.Random, digits: int, size: int) -> tuple[str, ...]:
+    want = min(size, 10 ** digits - 10 ** (digits - 1)) if kind == "numbers" else size
+    seen: dict[str, None] = {}
+    while len(seen) < want:
+        seen[draw_value(kind, rng, digits)] = None
+    return tuple(seen)
+
+
+class _NeedleLines:
+    """The `needle` haystack: distractor lines with distinct keys and values drawn from the pool
+    (never a real needle's key), lazily, from their own RNG stream."""
+
+    def __init__(self, p: dict, parts: _PartsPool, rng: random.Random, exclude_keys: set[str]):
+        self.parts = parts
+        self.rng = random.Random(rng.getrandbits(64))
+        self.lines: list[tuple[int, int]] = []  # (key index, value index)
+        self._used_keys = {i for i, k in enumerate(parts.keys) if k in exclude_keys}
+        self._used_values: set[int] = set()
+
+    def _draw(self, used: set[int], size: int) -> int:
+        if 2 * len(used) >= size:  # a small pool (short numbers): repeats allowed, as in RULER
+            return self.rng.randrange(size)
+        while True:
+            i = self.rng.randrange(size)
+            if i not in used:
+                used.add(i)
+                return i
+
+    def _grow(self, n: int) -> None:
+        pp = self.parts
+        while len(self.lines) < n:
+            self.lines.append((self._draw(self._used_keys, len(pp.keys)), self._draw(self._used_values, len(pp.values))))
+
+    def _text(self, line: tuple[int, int]) -> str:
+        pp = self.parts
+        return f"{pp.head} {pp.keys[line[0]]} is: {pp.values[line[1]]}."
+
+    def sizes(self, ctx: GenContext, n: int) -> list[int]:
+        """Each line's tokens as it would follow a line with its own value (a planning estimate)."""
+        self._grow(n)
+        pp = self.parts
+        return [pp.head_tokens[v] + pp.key_tokens[k] + pp.is_tokens + pp.value_tokens[v] for k, v in self.lines[:n]]
+
+    def hay(self, n: int) -> list[Run]:
+        self._grow(n)
+        pp, lines = self.parts, self.lines[:n]
+        counts = [0] + [pp.head_tokens[lines[i - 1][1]] + pp.key_tokens[k] + pp.is_tokens + pp.value_tokens[v]
+                        for i, (k, v) in enumerate(lines) if i]
+        cum = [0] + list(accumulate(counts[1:], initial=0)) if n else [0]
+        return [Run(tuple(self._text(line) for line in lines), 0, n, cum)]
+
+    def replace(self, i: int, j: int) -> None:
+        self.lines[i], self.lines[j] = self.lines[j], self.lines[i]
+
+    def save(self) -> list:
+        return list(self.lines)
+
+    def restore(self, saved: list) -> None:
+        self.lines = saved
+
+
+def _top_up(ctx: GenContext, pool, n: int, build, draft: Draft, budget: int, spares: int) -> Draft:
     """Large distractor lines (two UUIDs) can leave more than 3 % unused at 1K, and so can one
     multi-token word at 128: add a spare unit that fits, or swap units for longer spares, then
     keep the result only if it still fits."""
-    lines = pool.lines(n + spares)
-    sizes = ctx.counter.count_each([sep + line for line in lines])
+    sizes = pool.sizes(ctx, n + spares)
     added, swaps = best_fill(sizes[:n], sizes[n:], budget - draft.tokens)
-    saved = list(pool._lines)
+    saved = pool.save()
     for i, j in zip(swaps[::2], swaps[1::2]):
         pool.replace(i, n + j)
     new_n = n
@@ -248,5 +407,5 @@ def _top_up(ctx: GenContext, pool: _Pool, n: int, build, draft: Draft, budget: i
     d = build(new_n)
     if d.tokens <= budget and d.tokens >= draft.tokens:
         return d
-    pool._lines = saved
+    pool.restore(saved)
     return draft

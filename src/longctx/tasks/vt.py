@@ -90,7 +90,7 @@ def _make_icl(spec: TaskSpec, length: int, ctx: GenContext, p: dict) -> tuple[st
     _, d = fit_size(build, 0, ICL_LENGTH, 20, ICL_LENGTH, f"{spec.name} example")
     names = chains[0][0]
     end = "\n\n" if ctx.era == "2024" else "\n"
-    return "".join(d.pieces) + d.answer_prefix + " " + " ".join(names) + end, names, value
+    return d.text() + d.answer_prefix + " " + " ".join(names) + end, names, value
 
 
 def _randomise_icl(icl: str, names: list[str], value: int, rng: random.Random) -> str:
