@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+import re
 from itertools import accumulate
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -22,9 +23,11 @@ from .errors import UsageError
 # Left context kept when a junction is not provably context-free (see PieceCounter.key).
 TAIL_CHARS = 16
 ANCHOR = "x"
-# Digits in a left tail are keyed as 0: a digit run is its own pre-token, so which digits precede
-# a junction does not change how the piece after it tokenizes (document numbers, needle values).
+# A digit run in a left tail is keyed as one 0: a digit run is its own pre-token, so which digits
+# (and how many) precede a junction does not change how the piece after it tokenizes (document
+# numbers, needle values).
 _DIGITS_AS_ZERO = str.maketrans("123456789", "000000000")
+_ZERO_RUNS = re.compile("0{2,}")
 
 
 class Tokenizer:
@@ -235,7 +238,11 @@ class PieceCounter:
             sp = prev.rfind(" ", max(0, len(prev) - 4 * TAIL_CHARS), len(prev) - TAIL_CHARS)
             if sp >= 0:
                 tail = prev[sp:]
-        return (tail.translate(self._tail_table), piece)
+        if self._tail_table:
+            tail = tail.translate(self._tail_table)
+            if "00" in tail:
+                tail = _ZERO_RUNS.sub("0", tail)
+        return (tail, piece)
 
     def _measure(self, keys: Iterable) -> None:
         missing = list(dict.fromkeys(k for k in keys if k not in self._memo))
@@ -296,12 +303,16 @@ class PieceCounter:
 
     def count_each(self, pieces: Sequence[str], prev: str = ".") -> list[int]:
         """In-context counts of pieces that will each follow text ending like `prev`."""
-        keys = [self.key(prev, p) for p in pieces]
+        if prev and not prev[-1].isspace():  # most pieces are context-free here: skip `key`
+            key = self.key
+            keys = [p if len(p) > 1 and p[0] == " " and not p[1].isspace() else key(prev, p) for p in pieces]
+        else:
+            keys = [self.key(prev, p) for p in pieces]
         self._measure(keys)
         return [self._memo[k] for k in keys]
 
-    def forget(self, keep: int = 200_000) -> None:
-        """Bound memory: drop the memo when it grows past `keep` entries (counts are recomputed)."""
+    def forget(self, keep: int = 500_000) -> None:
+        """Bound memory: drop the memo when it grows past `keep` entries (counts are recomputed;
+        the few sequence tables are kept)."""
         if len(self._memo) > keep:
             self._memo.clear()
-            self._tables.clear()

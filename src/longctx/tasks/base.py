@@ -148,10 +148,29 @@ class GenContext:
 
     def draft(self, head: Sequence[str], context: Sequence[str | Run], tail: Sequence[str], answer_prefix: str,
               targets: Sequence[str], meta: dict[str, Any] | None = None) -> Draft:
+        tail = [q for t in tail for q in word_pieces(t)]  # a tail repeats its words (a query), not its whole
         pieces, prefix = self.finish([p for p in (*head, *context, *tail) if p], answer_prefix)
         d = Draft(pieces, prefix, tuple(targets), dict(meta or {}))
         d.tokens = self.count(pieces + [prefix])
         return d
+
+
+_WORD_STARTS = re.compile(r"(?<=\S)(?= \S)")
+_LINE_STARTS = re.compile(r"(?<=\S)(?=\n[^\n])")
+
+
+def word_pieces(text: str) -> list[str]:
+    """`text` cut before each ` word` that follows a non-space: context-free pieces the counter
+    memoises by their own text, so text that recurs word by word (a query, a needle, a truncated
+    sentence) is not re-measured whole."""
+    return _WORD_STARTS.split(text) if text else []
+
+
+def line_pieces(text: str) -> list[str]:
+    """`text` cut before each single newline that ends a line of text (a per-sample example made of
+    mostly recurring lines). Blank lines stay inside a piece: the counter keys a piece by the
+    piece before it, which must carry enough left context."""
+    return [p for p in _LINE_STARTS.split(text) if p]
 
 
 def fit_size(build: Callable[[int], Draft], lo: int, hi: int, hint: int, budget: int,

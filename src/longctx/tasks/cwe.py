@@ -57,29 +57,91 @@ def generate(spec: TaskSpec, length: int, ttg: int, index: int, rng: random.Rand
     shot_items, shot_answer = _example(rng, vocab, shot[0], shot[1], shot[2], n_cw, ctx)
     sep = "" if ctx.era == "2024" else " "
     sh, st, sp = ctx.template("cwe", {"query": "", "num_cw": n_cw})
-    demo = sh + "".join(_numbered(shot_items)) + st + sp + sep + "".join(_numbered(shot_answer)).strip() + "\n"
+    answer = "".join(_numbered(shot_answer))
+    demo = sh + "".join(_numbered(shot_items)) + st + sp + sep + answer.strip() + "\n"
     head, tail, prefix = ctx.template("cwe", {"query": "", "num_cw": n_cw}, preamble=demo)
+    # The head as pieces, so its (per-sample) example is counted from memoised pieces too.
+    head_pieces = [sh, *_numbered(shot_items), st + sp + sep, *_numbered(shot_answer), "\n" + head[len(demo):]]
+    if answer != answer.strip() or "".join(head_pieces) != head:
+        head_pieces = [head]
+    head_pieces = [x for x in head_pieces if x]
     # Each extra word costs at least 2 tokens (index + word) per occurrence: a safe upper bound.
     words = rng.sample(vocab, min(len(vocab), length // (2 * f_ucw) + n_cw))
     order_rng = ctx.fixed_rng() if ctx.compat else random.Random(rng.getrandbits(64))
     order_seed = order_rng.getrandbits(64)
     meta = dict(freq_cw=f_cw, freq_ucw=f_ucw)
 
-    def build(n: int) -> Draft:
+    def items_of(n: int) -> list[str]:
         common, uncommon = words[:n_cw], words[n_cw:n]
         items = common * f_cw + uncommon * f_ucw
         random.Random(order_seed).shuffle(items)
-        return ctx.draft([head], _numbered(items), [tail], prefix, common, dict(meta, num_words=n))
+        return items
+
+    def build(n: int) -> Draft:  # the reference: every piece counted in context
+        return ctx.draft(head_pieces, _numbered(items_of(n)), [tail], prefix, words[:n_cw], dict(meta, num_words=n))
 
     budget = length - ttg
+    what = f"{spec.name}@{length}"
     if "costs" not in state:
         state["costs"] = _Costs(ctx)
-    hint = state["costs"].hint(words, n_cw, f_cw, f_ucw, budget - ctx.count([head, tail, prefix]))
+    costs = state["costs"]
+    word_tokens = ctx.counter.count_each([" " + w for w in words], prev="1.")
+    hint = costs.hint(word_tokens, n_cw, f_cw, f_ucw, budget - ctx.count([*head_pieces, tail, prefix]))
     if hint > len(words):
-        raise FitError(f"{spec.name}@{length}: needs more distinct words than the {len(vocab)}-word vocabulary")
-    n, d = fit_size(build, n_cw, len(words), hint, budget, f"{spec.name}@{length}")
-    check_fill(d, budget, length, ttg, f"{spec.name}@{length}")
+        raise FitError(f"{what}: needs more distinct words than the {len(vocab)}-word vocabulary")
+    if ctx.exact or ctx.options.remove_newline_tab:
+        n, d = fit_size(build, n_cw, len(words), hint, budget, what)
+    else:
+        n, d = _fit_closed_form(ctx, costs, head_pieces, tail, prefix, words, word_tokens, n_cw, f_cw, f_ucw,
+                                items_of, budget, hint)
+        d.targets, d.meta = tuple(words[:n_cw]), dict(meta, num_words=n)
+    check_fill(d, budget, length, ttg, what)
     return d
+
+
+def _fit_closed_form(ctx, costs, head_pieces, tail, prefix, words, word_tokens, n_cw, f_cw, f_ucw, items_of,
+                     budget, hint):
+    """The largest word count that fits, from a closed form of the list's tokens.
+
+    Every list piece (` 12.`, ` word`) is context-free, so the list costs the head and its first
+    `1.`, the other indices, each word times its frequency, and the tail's junction with the last
+    item: the only order-dependent term. The list is shuffled once for the chosen size (again only
+    if that junction pushes it over).
+    """
+    counter = ctx.counter
+    word_sums = list(accumulate(word_tokens, initial=0))
+    opening = counter.total([*head_pieces, "1."])
+    ends = [p for p in (tail, prefix) if p]
+
+    def end_tokens(last: str) -> int:
+        return sum(counter.counts(list(zip([" " + last] + ends[:-1], ends)))) if ends else 0
+
+    def items_count(n: int) -> int:
+        return n_cw * f_cw + (n - n_cw) * f_ucw
+
+    def count(n: int, last: str) -> int:
+        m = items_count(n)
+        listed = word_sums[n_cw] * f_cw + (word_sums[n] - word_sums[n_cw]) * f_ucw
+        return opening + costs.index_cost(m) - costs.index_cost(1) + listed + end_tokens(last)
+
+    def estimate(n: int) -> int:
+        return count(n, words[0])
+
+    n = min(max(hint, n_cw), len(words))
+    while n > n_cw and estimate(n) > budget:
+        n -= 1
+    while n < len(words) and estimate(n + 1) <= budget:
+        n += 1
+    while True:
+        items = items_of(n)
+        tokens = count(n, items[-1])
+        if tokens <= budget or n == n_cw:
+            break
+        n -= 1
+    if tokens > budget:
+        raise FitError(f"even {n_cw} common words ({tokens} tokens) exceed the budget of {budget}")
+    pieces = [*head_pieces, " ".join(f"{i}. {w}" for i, w in enumerate(items, 1)), tail]
+    return n, Draft([x for x in pieces if x], prefix, (), {}, tokens)
 
 
 class _Costs:
@@ -89,7 +151,8 @@ class _Costs:
         self.ctx = ctx
         self.index_prefix = [0]
 
-    def _index_cost(self, m: int) -> int:
+    def index_cost(self, m: int) -> int:
+        """Tokens of the indices ` 1.` .. ` m.`, each after a word."""
         while len(self.index_prefix) <= m:
             start = len(self.index_prefix)
             batch = [f" {i}." for i in range(start, start + 512)]
@@ -97,13 +160,13 @@ class _Costs:
                                                  initial=self.index_prefix[-1]))[1:]
         return self.index_prefix[m]
 
-    def hint(self, words, n_cw, f_cw, f_ucw, room: int) -> int:
-        costs = self.ctx.counter.count_each([" " + w for w in words], prev="1.")
+    def hint(self, costs: list[int], n_cw, f_cw, f_ucw, room: int) -> int:
+        """How many distinct words fit in `room` tokens, given each word's tokens."""
         total = sum(costs[:n_cw]) * f_cw
         n = n_cw
-        while n < len(words):
+        while n < len(costs):
             step = total + costs[n] * f_ucw
-            if step + self._index_cost(n_cw * f_cw + (n + 1 - n_cw) * f_ucw) > room:
+            if step + self.index_cost(n_cw * f_cw + (n + 1 - n_cw) * f_ucw) > room:
                 break
             total, n = step, n + 1
-        return n if n < len(words) else len(words) + 1
+        return n if n < len(costs) else len(costs) + 1

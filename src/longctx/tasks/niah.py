@@ -20,7 +20,7 @@ from ..corpora import load_essays, load_words
 from ..errors import UsageError
 from ..tokenizer import Run
 from ..types import stable_hash
-from .base import Draft, GenContext, TaskSpec, best_fill, check_fill, filled, fit_size
+from .base import Draft, GenContext, TaskSpec, best_fill, check_fill, filled, fit_size, word_pieces
 
 NOISE = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."
 NOISE_WORDS = NOISE.split(" ")
@@ -115,7 +115,7 @@ def generate(spec: TaskSpec, length: int, ttg: int, index: int, rng: random.Rand
         def build(n: int, partial: str = "") -> Draft:
             hay = pool.hay(n) if pool else [Run(_repeated(sep + NOISE, n), 0, n)]
             if partial:
-                hay.append(Run((sep + partial,), 0, 1))
+                hay.append(sep + partial)
             return _assemble(ctx, head, tail, prefix, hay, needles, depths, sep, targets, meta, False)
 
         n_max = max(1, length)
@@ -158,7 +158,7 @@ class _EssayUnits:
         self.seq = tuple(" " + s for s in essays.sentences)
         self.words = list(accumulate(essays.word_counts, initial=0))
 
-    def window(self, start: int, n_words: int) -> list[Run]:
+    def window(self, start: int, n_words: int) -> list[Run | str]:
         """The first n_words words from sentence `start` on (wrapping around), last sentence truncated."""
         runs, left, i, total = [], n_words, start, len(self.seq)
         while left > 0:
@@ -169,7 +169,7 @@ class _EssayUnits:
             if left <= 0:
                 break
             if j < total:  # sentence j is longer than what is left: keep its first `left` words
-                runs.append(Run((" " + " ".join(self.essays.sentences[j].split(" ")[:left]),), 0, 1))
+                runs.append(" " + " ".join(self.essays.sentences[j].split(" ")[:left]))
                 break
             i = 0
         return runs
@@ -196,25 +196,27 @@ def _repeated(unit: str, n: int) -> tuple[str, ...]:
     return seq
 
 
-def _units(hay: list[Run], a: int, b: int) -> list[Run]:
-    """Units a..b-1 of a haystack given as consecutive Runs."""
+def _units(hay: list[Run | str], a: int, b: int) -> list[Run | str]:
+    """Units a..b-1 of a haystack given as consecutive Runs and single units."""
     out, offset = [], 0
     for r in hay:
-        lo, hi = max(a, offset), min(b, offset + len(r))
+        size = len(r) if type(r) is Run else 1
+        lo, hi = max(a, offset), min(b, offset + size)
         if lo < hi:
-            out.append(r.slice(lo - offset, hi - offset))
-        offset += len(r)
+            out.append(r.slice(lo - offset, hi - offset) if type(r) is Run else r)
+        offset += size
     return out
 
 
-def _assemble(ctx, head, tail, prefix, hay: list[Run], needles, depths, sep, targets, meta, ruler_gaps) -> Draft:
+def _assemble(ctx, head, tail, prefix, hay: list[Run | str], needles, depths, sep, targets, meta, ruler_gaps) -> Draft:
     """Insert each needle after int(n * depth) of the haystack's n units and join with `sep`.
 
-    `hay` holds the units sep-prefixed, as Runs; the context's first piece drops its sep. With
+    `hay` holds the units sep-prefixed, as Runs and single units (a truncated sentence, counted by
+    its words); the context's first piece drops its sep. Needles are added word by word. With
     `ruler_gaps` (essay, ruler_compat) the text is RULER's `" ".join` of sentence groups and
     needles, where an empty group leaves a leading or doubled space.
     """
-    n = sum(len(r) for r in hay)
+    n = sum(len(r) if type(r) is Run else 1 for r in hay)
     cut = [int(n * d) for d in depths]
     bounds = [0] + cut + [n]
     context: list = []
@@ -223,14 +225,21 @@ def _assemble(ctx, head, tail, prefix, hay: list[Run], needles, depths, sep, tar
         group = _units(hay, bounds[i], bounds[i + 1])
         if group and not started:
             first = group[0]
-            context.append(first.seq[first.start][len(sep):])
-            group[0] = first.slice(1, len(first))
-        context += group
+            if type(first) is Run:
+                context.append(first.seq[first.start][len(sep):])
+                group[0] = first.slice(1, len(first))
+            else:
+                group[0] = first[len(sep):]
+        for unit in group:
+            if type(unit) is Run:
+                context.append(unit)
+            else:
+                context += word_pieces(unit)
         if not group and ruler_gaps and started:
             context.append(sep)
         started = started or bool(group) or ruler_gaps
         if i < len(needles):
-            context.append(sep + needles[i] if started else needles[i])
+            context += word_pieces(sep + needles[i] if started else needles[i])
             started = True
     m = dict(meta, haystack_units=n, needle_unit_index=cut)
     return ctx.draft([head], context, [tail], prefix, targets, m)
@@ -321,6 +330,7 @@ class _PartsPool:
         rng = random.Random(int(stable_hash("niah-distractors", p["key_type"], p["value_type"], p["digits"], size,
                                             ctx.options.seed), 16))
         self.keys = _distinct(p["key_type"], rng, p["digits"], size)
+        self.key_index = {k: i for i, k in enumerate(self.keys)}
         self.values = _distinct(p["value_type"], rng, p["digits"], size)
         self.head = "\n" + NEEDLE.split(" {key}")[0].format(type_v=p["value_type"])
         c = ctx.counter.counts
@@ -346,7 +356,7 @@ class _NeedleLines:
         self.parts = parts
         self.rng = random.Random(rng.getrandbits(64))
         self.lines: list[tuple[int, int]] = []  # (key index, value index)
-        self._used_keys = {i for i, k in enumerate(parts.keys) if k in exclude_keys}
+        self._used_keys = {parts.key_index[k] for k in exclude_keys if k in parts.key_index}
         self._used_values: set[int] = set()
 
     def _draw(self, used: set[int], size: int) -> int:

@@ -15,7 +15,7 @@ from ..errors import FitError, UsageError
 from .base import Draft, GenContext, TaskSpec, best_fill, check_fill, filled
 
 DATASETS = ("squad", "hotpotqa")
-HEADER = "\n\nDocument 1:"  # documents are keyed with this left context (digits count as 0)
+HEADER = " 1:"  # a document follows its header's number (digits count as 0)
 
 
 def _dataset(name: str, ctx: GenContext) -> QADataset:
@@ -27,9 +27,11 @@ def _dataset(name: str, ctx: GenContext) -> QADataset:
 
 
 def _context(docs: QADataset, order: list[int]) -> list[str]:
+    """`Document i:\n<doc>` blocks joined by blank lines, as pieces whose counts memoise: the
+    number is its own ` i:` piece, so a header after a document is keyed by that document only."""
     pieces = []
     for i, d in enumerate(order, 1):
-        pieces += [f"Document {i}:" if i == 1 else f"\n\nDocument {i}:", "\n" + docs.docs[d]]
+        pieces += ["Document" if i == 1 else "\n\nDocument", f" {i}:", "\n" + docs.docs[d]]
     return pieces
 
 
@@ -46,7 +48,7 @@ def generate(spec: TaskSpec, length: int, ttg: int, index: int, rng: random.Rand
     cost = lambda ids: ctx.counter.count_each(["\n" + ds.docs[d] for d in ids], prev=HEADER)  # noqa: E731
     room = budget - ctx.count([head, tail, prefix])
     docs_guess = len(item.context) + room // 100  # headers cost a few tokens more with more digits
-    header = ctx.counter.count_each([f"\n\nDocument {docs_guess}:"], prev="x.")[0]
+    header = sum(ctx.counter.counts([("x.", "\n\nDocument"), ("Document", f" {docs_guess}:")]))
     chosen = list(required)
     used = sum(cost(chosen)) + header * len(chosen)
     if used > room:

@@ -11,7 +11,7 @@ import string
 
 from ..errors import UsageError
 from ..types import stable_hash
-from .base import Draft, GenContext, TaskSpec, check_fill, fit_size
+from .base import Draft, GenContext, TaskSpec, check_fill, fit_size, line_pieces
 from .niah import NOISE
 
 DEFAULTS = dict(num_chains=1, num_hops=4)
@@ -119,10 +119,11 @@ def generate(spec: TaskSpec, length: int, ttg: int, index: int, rng: random.Rand
     fields = dict(query=value, num_v=p["num_hops"] + 1)
     insert = " " + icl + "\n\n" if ctx.era == "2024" else icl + "\n"
     head, tail, prefix = ctx.template("vt", fields, before_task=insert)
+    head_lines = line_pieces(head)  # the example is mostly noise lines the counter has seen
     meta = dict(haystack="noise", num_chains=p["num_chains"], num_hops=p["num_hops"])
 
     def build(n: int) -> Draft:
-        return ctx.draft([head], _context(n, chains, fractions, ctx.era), [tail], prefix, names,
+        return ctx.draft(head_lines, _context(n, chains, fractions, ctx.era), [tail], prefix, names,
                          dict(meta, haystack_units=n))
 
     budget = length - ttg
