@@ -176,12 +176,17 @@ class Run:
     to a full encode).
     """
 
-    __slots__ = ("seq", "start", "stop", "cum")
+    __slots__ = ("seq", "start", "stop", "cum", "joined")
 
-    def __init__(self, seq: Sequence[str], start: int, stop: int, cum: Sequence[int] | None = None):
+    def __init__(self, seq: Sequence[str], start: int, stop: int, cum: Sequence[int] | None = None,
+                 joined: bool = False):
         if not 0 <= start <= stop <= len(seq):
             raise ValueError(f"run [{start}:{stop}] outside a sequence of {len(seq)}")
-        self.seq, self.start, self.stop, self.cum = seq, start, stop, cum
+        if joined and start < 1:
+            raise ValueError("a joined run needs the unit before its start")
+        # joined: the text before this run ends exactly as seq[start - 1] (see `opened`), so its
+        # first piece is counted from the table too.
+        self.seq, self.start, self.stop, self.cum, self.joined = seq, start, stop, cum, joined
 
     def __len__(self) -> int:
         return self.stop - self.start
@@ -190,15 +195,46 @@ class Run:
         return f"Run({self.start}:{self.stop} of {len(self.seq)})"
 
     def inner(self, counter: "PieceCounter") -> int:
-        """Tokens of every piece but the first (which depends on what precedes the run)."""
-        if self.stop - self.start <= 1:
+        """Tokens of every piece but the first (which depends on what precedes the run), or of
+        every piece for a joined run."""
+        first = self.start if self.joined else self.start + 1
+        if self.stop <= first:
             return 0
         cum = self.cum if self.cum is not None else counter.table(self.seq)
-        return cum[self.stop] - cum[self.start + 1]
+        return cum[self.stop] - cum[first]
 
     def slice(self, a: int, b: int) -> "Run":
         """Units a..b-1 of this run (indices relative to it)."""
-        return Run(self.seq, self.start + a, self.start + b, self.cum)
+        return Run(self.seq, self.start + a, self.start + b, self.cum, self.joined and a == 0)
+
+    def opened(self, drop: int = 0) -> list:
+        """This run with its first unit as word pieces (its first `drop` characters removed) and
+        the rest joined to it. The junction with what precedes the run then costs a short key (the
+        left neighbour and one word), not a whole unit: a distractor line or noise paragraph
+        after each needle would otherwise be measured afresh in every sample."""
+        rest = Run(self.seq, self.start + 1, self.stop, self.cum, joined=True) if len(self) > 1 else None
+        return word_pieces(self.seq[self.start][drop:]) + ([rest] if rest else [])
+
+
+_WORD_STARTS = re.compile(r"(?<=\S)(?= \S)")
+
+
+def word_pieces(text: str) -> list[str]:
+    """`text` cut before each ` word` that follows a non-space: context-free pieces the counter
+    memoises by their own text, so text that recurs word by word (a query, a needle, a truncated
+    sentence) is not re-measured whole."""
+    return _WORD_STARTS.split(text) if text else []
+
+
+_REPEATS: dict[str, tuple[str, ...]] = {}
+
+
+def repeated(unit: str, n: int) -> tuple[str, ...]:
+    """A shared tuple of at least n copies of `unit` (one object, so its count table is built once)."""
+    seq = _REPEATS.get(unit, ())
+    if len(seq) < n:
+        seq = _REPEATS[unit] = (unit,) * max(2 * n, 1024)
+    return seq
 
 
 def flatten(pieces: Sequence) -> list[str]:
@@ -268,7 +304,8 @@ class PieceCounter:
         keys, inner, prev = [], 0, ""
         for p in pieces:
             if type(p) is Run:
-                keys.append(key(prev, p.seq[p.start]))
+                if not p.joined:
+                    keys.append(key(prev, p.seq[p.start]))
                 inner += p.inner(self)
                 prev = p.seq[p.stop - 1]
             else:

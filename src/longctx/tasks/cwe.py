@@ -12,7 +12,8 @@ from itertools import accumulate
 
 from ..corpora import load_words
 from ..errors import FitError, UsageError
-from .base import Draft, GenContext, TaskSpec, check_fill, fit_size
+from ..tokenizer import Run
+from .base import Draft, GenContext, TaskSpec, check_fill, distinct_indices, fit_size, shuffled
 
 DEFAULTS = dict(freq_cw=30, freq_ucw=3, num_cw=10)
 
@@ -65,8 +66,10 @@ def generate(spec: TaskSpec, length: int, ttg: int, index: int, rng: random.Rand
     if answer != answer.strip() or "".join(head_pieces) != head:
         head_pieces = [head]
     head_pieces = [x for x in head_pieces if x]
+    head_run = Run(tuple(head_pieces), 0, len(head_pieces))  # its table is built once per sample
     # Each extra word costs at least 2 tokens (index + word) per occurrence: a safe upper bound.
-    words = rng.sample(vocab, min(len(vocab), length // (2 * f_ucw) + n_cw))
+    chosen = distinct_indices(rng, len(vocab), min(len(vocab), length // (2 * f_ucw) + n_cw))
+    words = [vocab[i] for i in chosen]
     order_rng = ctx.fixed_rng() if ctx.compat else random.Random(rng.getrandbits(64))
     order_seed = order_rng.getrandbits(64)
     meta = dict(freq_cw=f_cw, freq_ucw=f_ucw)
@@ -74,8 +77,7 @@ def generate(spec: TaskSpec, length: int, ttg: int, index: int, rng: random.Rand
     def items_of(n: int) -> list[str]:
         common, uncommon = words[:n_cw], words[n_cw:n]
         items = common * f_cw + uncommon * f_ucw
-        random.Random(order_seed).shuffle(items)
-        return items
+        return shuffled(items, random.Random(order_seed))
 
     def build(n: int) -> Draft:  # the reference: every piece counted in context
         return ctx.draft(head_pieces, _numbered(items_of(n)), [tail], prefix, words[:n_cw], dict(meta, num_words=n))
@@ -85,21 +87,24 @@ def generate(spec: TaskSpec, length: int, ttg: int, index: int, rng: random.Rand
     if "costs" not in state:
         state["costs"] = _Costs(ctx)
     costs = state["costs"]
-    word_tokens = ctx.counter.count_each([" " + w for w in words], prev="1.")
-    hint = costs.hint(word_tokens, n_cw, f_cw, f_ucw, budget - ctx.count([*head_pieces, tail, prefix]))
+    vocab_tokens = ctx.cache.get(("cwe-vocab", ctx.options.seed))
+    if vocab_tokens is None:  # every vocabulary word as a list item, measured once per tokenizer
+        vocab_tokens = ctx.cache[("cwe-vocab", ctx.options.seed)] = ctx.counter.count_each([" " + w for w in vocab], prev="1.")
+    word_tokens = [vocab_tokens[i] for i in chosen]
+    hint = costs.hint(word_tokens, n_cw, f_cw, f_ucw, budget - ctx.count([head_run, tail, prefix]))
     if hint > len(words):
         raise FitError(f"{what}: needs more distinct words than the {len(vocab)}-word vocabulary")
     if ctx.exact or ctx.options.remove_newline_tab:
         n, d = fit_size(build, n_cw, len(words), hint, budget, what)
     else:
-        n, d = _fit_closed_form(ctx, costs, head_pieces, tail, prefix, words, word_tokens, n_cw, f_cw, f_ucw,
+        n, d = _fit_closed_form(ctx, costs, head_run, tail, prefix, words, word_tokens, n_cw, f_cw, f_ucw,
                                 items_of, budget, hint)
         d.targets, d.meta = tuple(words[:n_cw]), dict(meta, num_words=n)
     check_fill(d, budget, length, ttg, what)
     return d
 
 
-def _fit_closed_form(ctx, costs, head_pieces, tail, prefix, words, word_tokens, n_cw, f_cw, f_ucw, items_of,
+def _fit_closed_form(ctx, costs, head_run, tail, prefix, words, word_tokens, n_cw, f_cw, f_ucw, items_of,
                      budget, hint):
     """The largest word count that fits, from a closed form of the list's tokens.
 
@@ -110,7 +115,7 @@ def _fit_closed_form(ctx, costs, head_pieces, tail, prefix, words, word_tokens, 
     """
     counter = ctx.counter
     word_sums = list(accumulate(word_tokens, initial=0))
-    opening = counter.total([*head_pieces, "1."])
+    opening = counter.total([head_run, "1."])
     ends = [p for p in (tail, prefix) if p]
 
     def end_tokens(last: str) -> int:
@@ -140,7 +145,7 @@ def _fit_closed_form(ctx, costs, head_pieces, tail, prefix, words, word_tokens, 
         n -= 1
     if tokens > budget:
         raise FitError(f"even {n_cw} common words ({tokens} tokens) exceed the budget of {budget}")
-    pieces = [*head_pieces, " ".join(f"{i}. {w}" for i, w in enumerate(items, 1)), tail]
+    pieces = [head_run, " ".join(f"{i}. {w}" for i, w in enumerate(items, 1)), tail]
     return n, Draft([x for x in pieces if x], prefix, (), {}, tokens)
 
 

@@ -10,17 +10,26 @@ from __future__ import annotations
 import random
 import string
 
+import numpy as np
 from scipy.special import zeta
 
 from ..errors import UsageError
-from .base import Draft, GenContext, TaskSpec, check_fill
+from .base import Draft, GenContext, TaskSpec, check_fill, shuffled
 
 DEFAULTS = dict(alpha=2.0)
 
 
-def _counts(num_words: int, vocab_size: int, alpha: float) -> list[int]:
-    z = zeta(alpha)
-    return [int(num_words * r ** -alpha / z) for r in range(1, vocab_size + 1)]
+class _Zipf:
+    """Word counts of rank r: int(n * r**-alpha / zeta(alpha)), vectorised over ranks. The powers
+    are Python's (numpy's may differ in the last bit on some CPUs); the product and quotient are
+    IEEE-exact in both, so counts match the scalar formula exactly."""
+
+    def __init__(self, vocab_size: int, alpha: float):
+        self.powers = np.array([r ** -alpha for r in range(1, vocab_size + 1)], dtype=np.float64)
+        self.z = zeta(alpha)
+
+    def counts(self, num_words: int) -> np.ndarray:
+        return ((float(num_words) * self.powers) / self.z).astype(np.int64)
 
 
 def generate(spec: TaskSpec, length: int, ttg: int, index: int, rng: random.Random, ctx: GenContext,
@@ -38,24 +47,27 @@ def generate(spec: TaskSpec, length: int, ttg: int, index: int, rng: random.Rand
     head = head.rstrip(" ")  # the space before {context} opens the first ' word' piece
     targets = vocab[1:4]
     order_seed = (ctx.fixed_rng() if ctx.compat else rng).getrandbits(64)
-    word_cost = ctx.counter.count_each([" " + w for w in vocab], prev="a")
+    word_cost = np.array(ctx.counter.count_each([" " + w for w in vocab], prev="a"), dtype=np.int64)
+    zipf = _Zipf(len(vocab), alpha)
     fixed = ctx.counter.total([head, " a", tail, prefix]) - ctx.counter.count_each([" a"], prev="a")[0]
 
     def estimate(num_words: int) -> int:  # exact up to the tail's junction with the last word
-        return fixed + sum(c * k for c, k in zip(_counts(num_words, len(vocab), alpha), word_cost))
+        return fixed + int(zipf.counts(num_words) @ word_cost)
 
     def build(num_words: int) -> Draft:
-        counts = _counts(num_words, len(vocab), alpha)
-        words = [w for w, c in zip(vocab, counts) for _ in range(c)]
-        random.Random(order_seed).shuffle(words)
-        context = "".join(" " + w for w in words)
+        counts = zipf.counts(num_words)
+        words: list[str] = []
+        for w, c in zip(vocab, counts.tolist()):
+            words += [w] * c
+        words = shuffled(words, random.Random(order_seed))
+        context = " " + " ".join(words) if words else ""
         pieces, pre = ctx.finish([head, context, tail], prefix)
         if ctx.exact or ctx.options.remove_newline_tab or not words:
             tokens = ctx.tok.count("".join(pieces) + pre)
         else:  # additive: head, context-free words, the tail's junction with the last word, the prefix
             tokens = (fixed - ctx.counter.count_each([tail], prev=" a")[0]
                       + ctx.counter.count_each([tail], prev=" " + words[-1])[0]
-                      + sum(c * k for c, k in zip(counts, word_cost)))
+                      + int(counts @ word_cost))
         return Draft(pieces, pre, tuple(targets), {"num_words": num_words, "vocab_size": len(vocab)}, tokens)
 
     lo, hi = 0, budget * 2

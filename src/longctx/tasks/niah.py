@@ -18,9 +18,9 @@ from typing import Any
 
 from ..corpora import load_essays, load_words
 from ..errors import UsageError
-from ..tokenizer import Run
+from ..tokenizer import Run, repeated
 from ..types import stable_hash
-from .base import Draft, GenContext, TaskSpec, best_fill, check_fill, filled, fit_size, word_pieces
+from .base import Draft, GenContext, TaskSpec, best_fill, check_fill, filled, fit_size, random_indices, word_pieces
 
 NOISE = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."
 NOISE_WORDS = NOISE.split(" ")
@@ -113,7 +113,7 @@ def generate(spec: TaskSpec, length: int, ttg: int, index: int, rng: random.Rand
             pool = _NeedleLines(p, _distractor_parts(ctx, p, length), rng, set(keys))
 
         def build(n: int, partial: str = "") -> Draft:
-            hay = pool.hay(n) if pool else [Run(_repeated(sep + NOISE, n), 0, n)]
+            hay = pool.hay(n) if pool else [Run(repeated(sep + NOISE, n), 0, n)]
             if partial:
                 hay.append(sep + partial)
             return _assemble(ctx, head, tail, prefix, hay, needles, depths, sep, targets, meta, False)
@@ -185,17 +185,6 @@ def _essay_units(essays) -> _EssayUnits:
     return units
 
 
-_REPEATS: dict[str, tuple[str, ...]] = {}
-
-
-def _repeated(unit: str, n: int) -> tuple[str, ...]:
-    """A shared tuple of at least n copies of `unit` (one object, so its count table is built once)."""
-    seq = _REPEATS.get(unit, ())
-    if len(seq) < n:
-        seq = _REPEATS[unit] = (unit,) * max(2 * n, 1024)
-    return seq
-
-
 def _units(hay: list[Run | str], a: int, b: int) -> list[Run | str]:
     """Units a..b-1 of a haystack given as consecutive Runs and single units."""
     out, offset = [], 0
@@ -223,13 +212,11 @@ def _assemble(ctx, head, tail, prefix, hay: list[Run | str], needles, depths, se
     started = False
     for i in range(len(bounds) - 1):
         group = _units(hay, bounds[i], bounds[i + 1])
-        if group and not started:
-            first = group[0]
-            if type(first) is Run:
-                context.append(first.seq[first.start][len(sep):])
-                group[0] = first.slice(1, len(first))
-            else:
-                group[0] = first[len(sep):]
+        drop = 0 if started else len(sep)  # the context's first unit has no separator
+        if group and type(group[0]) is Run and (drop or sep == "\n"):
+            group[0:1] = group[0].opened(drop)  # a line after a needle: a short junction key
+        elif group and drop:
+            group[0] = group[0][drop:]
         for unit in group:
             if type(unit) is Run:
                 context.append(unit)
@@ -355,41 +342,34 @@ class _NeedleLines:
     def __init__(self, p: dict, parts: _PartsPool, rng: random.Random, exclude_keys: set[str]):
         self.parts = parts
         self.rng = random.Random(rng.getrandbits(64))
-        self.lines: list[tuple[int, int]] = []  # (key index, value index)
         self._used_keys = {parts.key_index[k] for k in exclude_keys if k in parts.key_index}
         self._used_values: set[int] = set()
-
-    def _draw(self, used: set[int], size: int) -> int:
-        if 2 * len(used) >= size:  # a small pool (short numbers): repeats allowed, as in RULER
-            return self.rng.randrange(size)
-        while True:
-            i = self.rng.randrange(size)
-            if i not in used:
-                used.add(i)
-                return i
+        # (value index, tokens of the line after its head, text)
+        self.lines: list[tuple[int, int, str]] = []
 
     def _grow(self, n: int) -> None:
         pp = self.parts
-        while len(self.lines) < n:
-            self.lines.append((self._draw(self._used_keys, len(pp.keys)), self._draw(self._used_values, len(pp.values))))
-
-    def _text(self, line: tuple[int, int]) -> str:
-        pp = self.parts
-        return f"{pp.head} {pp.keys[line[0]]} is: {pp.values[line[1]]}."
+        if len(self.lines) >= n:
+            return
+        want = n - len(self.lines)
+        keys = _fresh(self.rng, len(pp.keys), want, self._used_keys)
+        values = _fresh(self.rng, len(pp.values), want, self._used_values)
+        for k, v in zip(keys, values):
+            own = pp.key_tokens[k] + pp.is_tokens + pp.value_tokens[v]
+            self.lines.append((v, own, f"{pp.head} {pp.keys[k]} is: {pp.values[v]}."))
 
     def sizes(self, ctx: GenContext, n: int) -> list[int]:
         """Each line's tokens as it would follow a line with its own value (a planning estimate)."""
         self._grow(n)
-        pp = self.parts
-        return [pp.head_tokens[v] + pp.key_tokens[k] + pp.is_tokens + pp.value_tokens[v] for k, v in self.lines[:n]]
+        head = self.parts.head_tokens
+        return [head[v] + own for v, own, _ in self.lines[:n]]
 
     def hay(self, n: int) -> list[Run]:
         self._grow(n)
-        pp, lines = self.parts, self.lines[:n]
-        counts = [0] + [pp.head_tokens[lines[i - 1][1]] + pp.key_tokens[k] + pp.is_tokens + pp.value_tokens[v]
-                        for i, (k, v) in enumerate(lines) if i]
-        cum = [0] + list(accumulate(counts[1:], initial=0)) if n else [0]
-        return [Run(tuple(self._text(line) for line in lines), 0, n, cum)]
+        head, lines = self.parts.head_tokens, self.lines[:n]
+        counts = [head[prev[0]] + line[1] for prev, line in zip(lines, lines[1:])]
+        cum = [0, 0] + list(accumulate(counts))
+        return [Run(tuple(line[2] for line in lines), 0, n, cum)]
 
     def replace(self, i: int, j: int) -> None:
         self.lines[i], self.lines[j] = self.lines[j], self.lines[i]
@@ -399,6 +379,22 @@ class _NeedleLines:
 
     def restore(self, saved: list) -> None:
         self.lines = saved
+
+
+def _fresh(rng: random.Random, size: int, n: int, used: set[int]) -> list[int]:
+    """n indices below `size` not in `used` (which they join), drawn in bulk; once
+    half the pool is used (short numbers), indices may repeat, as RULER's independent draws do."""
+    out: list[int] = []
+    while len(out) < n:
+        for x in random_indices(rng, size, 2 * (n - len(out)) + 16):
+            if 2 * len(used) < size:
+                if x in used:
+                    continue
+                used.add(x)
+            out.append(x)
+            if len(out) == n:
+                break
+    return out
 
 
 def _top_up(ctx: GenContext, pool, n: int, build, draft: Draft, budget: int, spares: int) -> Draft:

@@ -12,7 +12,7 @@ import random
 
 from ..corpora import QADataset, load_hotpotqa, load_squad
 from ..errors import FitError, UsageError
-from .base import Draft, GenContext, TaskSpec, best_fill, check_fill, filled
+from .base import Draft, GenContext, TaskSpec, best_fill, check_fill, filled, permutation
 
 DATASETS = ("squad", "hotpotqa")
 HEADER = " 1:"  # a document follows its header's number (digits count as 0)
@@ -57,14 +57,18 @@ def generate(spec: TaskSpec, length: int, ttg: int, index: int, rng: random.Rand
     rng.shuffle(same)
     others = _other_docs(ds, set(chosen) | set(same), rng)
     candidates = same + others
-    pos = 0
+    pos, misfits = 0, 0
     for d, c in zip(candidates, _lazy_costs(candidates, cost)):
-        if used + c + header > room:
-            break
-        chosen.append(d)
-        used += c + header
         pos += 1
-    rest = candidates[pos: pos + 256]
+        if used + c + header <= room:
+            chosen.append(d)
+            used += c + header
+        else:  # a long document: skip it, a later one may fit (64 misfits end the scan)
+            misfits += 1
+            if misfits > 64:
+                break
+    taken = set(chosen)
+    rest = [r for r in candidates[: pos + 256] if r not in taken]
     extra = chosen[len(required):]
     perm_rng = ctx.fixed_rng() if ctx.compat else random.Random(rng.getrandbits(64))
     perm_seed = perm_rng.getrandbits(64)
@@ -101,9 +105,7 @@ def generate(spec: TaskSpec, length: int, ttg: int, index: int, rng: random.Rand
 
 def _other_docs(ds: QADataset, exclude: set[int], rng: random.Random) -> list[int]:
     """All other documents in a random order (the corpus repeats only if a prompt could hold it all)."""
-    rest = [i for i in range(len(ds.docs)) if i not in exclude]
-    rng.shuffle(rest)
-    return rest
+    return [i for i in permutation(len(ds.docs), rng) if i not in exclude]
 
 
 def _lazy_costs(candidates: list[int], cost, batch: int = 64):

@@ -10,8 +10,9 @@ import random
 import string
 
 from ..errors import UsageError
+from ..tokenizer import Run, repeated, word_pieces
 from ..types import stable_hash
-from .base import Draft, GenContext, TaskSpec, check_fill, fit_size, line_pieces
+from .base import Draft, GenContext, TaskSpec, check_fill, fit_size
 from .niah import NOISE
 
 DEFAULTS = dict(num_chains=1, num_hops=4)
@@ -39,17 +40,31 @@ def _chains(rng: random.Random, num_chains: int, num_hops: int, name_len: int, v
     return chains
 
 
-def _context(n_noise: int, chains, fractions, era: str) -> list[str]:
-    """Noise lines with each chain's statements inserted in order at their fractional positions."""
+def _context(n_noise: int, chains, fractions, era: str) -> list:
+    """Noise lines with each chain's statements inserted in order at their fractional positions, as
+    pieces: runs of noise counted from a table, statements word by word."""
     items = [NOISE] * n_noise
     for (_, stmts, _), fr in zip(chains, fractions):
         positions = [int(f * len(items)) for f in fr]
         for j, (pos, st) in enumerate(zip(positions, stmts)):
             items.insert(pos + j, st)
-    if era == "2024":  # paragraphs ended with "\n" and items were joined with " "
-        items = [it + "\n" if it == NOISE else it for it in items]
-        return [items[0]] + [" " + it for it in items[1:]] if items else []
-    return [items[0]] + ["\n" + it for it in items[1:]] if items else []
+    # 2024: paragraphs ended with "\n" and items were joined with " "
+    sep, unit = (" ", NOISE + "\n") if era == "2024" else ("\n", NOISE)
+    noise = repeated(sep + unit, n_noise)
+    pieces: list = []
+    i = 0
+    while i < len(items):
+        drop = 0 if pieces else len(sep)  # the first item has no separator
+        if items[i] is NOISE:
+            j = i
+            while j < len(items) and items[j] is NOISE:
+                j += 1
+            pieces += Run(noise, 0, j - i).opened(drop)
+            i = j
+        else:
+            pieces += word_pieces((sep + items[i])[drop:])
+            i += 1
+    return pieces
 
 
 def _fractions(rng: random.Random, chains) -> list[list[float]]:
@@ -119,11 +134,12 @@ def generate(spec: TaskSpec, length: int, ttg: int, index: int, rng: random.Rand
     fields = dict(query=value, num_v=p["num_hops"] + 1)
     insert = " " + icl + "\n\n" if ctx.era == "2024" else icl + "\n"
     head, tail, prefix = ctx.template("vt", fields, before_task=insert)
-    head_lines = line_pieces(head)  # the example is mostly noise lines the counter has seen
+    words = tuple(word_pieces(head))  # the per-sample example: its table is built once per sample
+    head_words = [Run(words, 0, len(words))]
     meta = dict(haystack="noise", num_chains=p["num_chains"], num_hops=p["num_hops"])
 
     def build(n: int) -> Draft:
-        return ctx.draft(head_lines, _context(n, chains, fractions, ctx.era), [tail], prefix, names,
+        return ctx.draft(head_words, _context(n, chains, fractions, ctx.era), [tail], prefix, names,
                          dict(meta, haystack_units=n))
 
     budget = length - ttg
