@@ -18,6 +18,8 @@ from itertools import accumulate
 from pathlib import Path
 from typing import Iterable, Sequence
 
+import numpy as np
+
 from .errors import UsageError
 
 # Left context kept when a junction is not provably context-free (see PieceCounter.key).
@@ -75,6 +77,13 @@ class Tokenizer:
             encode = getattr(self._backend, "encode_batch_fast", self._backend.encode_batch)
             return [len(e.ids) for e in encode(list(texts), add_special_tokens=False)]
         return [len(self.hf(t, add_special_tokens=False)["input_ids"]) for t in texts]
+
+    def token_starts_many(self, texts: Sequence[str]) -> list[list[int]] | None:
+        """Start character of every token of each text (no special tokens), or None without a
+        Rust backend."""
+        if self._backend is None:
+            return None
+        return [[s for s, _ in e.offsets] for e in self._backend.encode_batch(list(texts), add_special_tokens=False)]
 
     def decode(self, ids: Sequence[int]) -> str:
         return self.hf.decode(ids, skip_special_tokens=True)
@@ -223,7 +232,12 @@ def word_pieces(text: str) -> list[str]:
     """`text` cut before each ` word` that follows a non-space: context-free pieces the counter
     memoises by their own text, so text that recurs word by word (a query, a needle, a truncated
     sentence) is not re-measured whole."""
-    return _WORD_STARTS.split(text) if text else []
+    return list(_split_words(text)) if text else []
+
+
+@functools.lru_cache(maxsize=1 << 14)
+def _split_words(text: str) -> tuple[str, ...]:
+    return tuple(_WORD_STARTS.split(text))
 
 
 _REPEATS: dict[str, tuple[str, ...]] = {}
@@ -265,6 +279,7 @@ class PieceCounter:
         self._tail_table = _DIGITS_AS_ZERO if _digit_runs_isolated(tokenizer) else {}
 
     def key(self, prev: str, piece: str):
+        """The memo key of `piece` after `prev` (total, counts and count_each inline its first case)."""
         if not prev:
             return ("", piece)
         if len(piece) > 1 and piece[0] == " " and not piece[1].isspace() and not prev[-1].isspace():
@@ -284,6 +299,10 @@ class PieceCounter:
         missing = list(dict.fromkeys(k for k in keys if k not in self._memo))
         if not missing:
             return
+        free = [k for k in missing if isinstance(k, str)]
+        if len(free) > 8:
+            self._memo.update(zip(free, self._count_free(free)))
+            missing = [k for k in missing if not isinstance(k, str)]
         texts, bases = [], []
         for k in missing:
             if isinstance(k, str):
@@ -292,10 +311,40 @@ class PieceCounter:
             else:
                 texts.append(k[0] + k[1])
                 bases.append(k[0])
+        if not texts:
+            return
         full = self.tok.count_raw_many(texts)
         base_counts = dict(zip(set(bases), self.tok.count_raw_many(list(set(bases)))))
         for k, n, b in zip(missing, full, bases):
             self._memo[k] = n - base_counts[b] if b else n
+
+    def _count_free(self, pieces: list[str], chunk_chars: int = 1 << 10) -> list[int]:
+        """Counts of context-free pieces, encoded many to a text (ANCHOR + p1 + p2 + ...) and split
+        by token offsets: a short piece encoded alone costs more in per-text overhead than in
+        tokenizing. A text whose split looks wrong (the anchor not alone, a piece with no token)
+        is counted piece by piece instead."""
+        groups, group, size = [], [], 0
+        for p in pieces:
+            if group and size + len(p) > chunk_chars:
+                groups.append(group)
+                group, size = [], 0
+            group.append(p)
+            size += len(p)
+        groups.append(group)
+        offsets = self.tok.token_starts_many([ANCHOR + "".join(g) for g in groups])
+        if offsets is None:
+            return self.tok.count_raw_many([ANCHOR + p for p in pieces])
+        anchor = self.tok.count_raw_many([ANCHOR])[0]
+        out: list[int] = []
+        for g, token_starts in zip(groups, offsets):
+            starts = np.cumsum([len(ANCHOR)] + [len(p) for p in g[:-1]])
+            owner = np.searchsorted(starts, np.asarray(token_starts), side="right")  # 0 = the anchor
+            counts = np.bincount(owner, minlength=len(g) + 1)
+            if counts[0] != anchor or not counts[1:].all():
+                out += [n - anchor for n in self.tok.count_raw_many([ANCHOR + p for p in g])]
+            else:
+                out += counts[1:].tolist()
+        return out
 
     def total(self, pieces: Sequence) -> int:
         """Token count of the joined pieces (strings and `Run`s) as encoded for the model, special
@@ -308,8 +357,9 @@ class PieceCounter:
                     keys.append(key(prev, p.seq[p.start]))
                 inner += p.inner(self)
                 prev = p.seq[p.stop - 1]
-            else:
-                keys.append(key(prev, p))
+            else:  # the context-free case of `key`, inline: most pieces are words after words
+                keys.append(p if prev and len(p) > 1 and p[0] == " " and not p[1].isspace()
+                            and not prev[-1].isspace() else key(prev, p))
                 prev = p
         try:
             n = sum(memo[k] for k in keys)
@@ -321,7 +371,9 @@ class PieceCounter:
 
     def counts(self, pairs: Sequence[tuple[str, str]]) -> list[int]:
         """In-context counts of (left neighbour, piece) pairs."""
-        keys = [self.key(prev, piece) for prev, piece in pairs]
+        key = self.key
+        keys = [p if q and len(p) > 1 and p[0] == " " and not p[1].isspace() and not q[-1].isspace() else key(q, p)
+                for q, p in pairs]
         self._measure(keys)
         return [self._memo[k] for k in keys]
 

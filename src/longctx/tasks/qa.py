@@ -45,7 +45,7 @@ def generate(spec: TaskSpec, length: int, ttg: int, index: int, rng: random.Rand
     head, tail, prefix = ctx.template("qa", {"query": item.query})
     budget = length - ttg
     what = f"{spec.name}@{length}"
-    cost = lambda ids: ctx.counter.count_each(["\n" + ds.docs[d] for d in ids], prev=HEADER)  # noqa: E731
+    cost = _doc_costs(ds, ctx)
     room = budget - ctx.count([head, tail, prefix])
     docs_guess = len(item.context) + room // 100  # headers cost a few tokens more with more digits
     header = sum(ctx.counter.counts([("x.", "\n\nDocument"), ("Document", f" {docs_guess}:")]))
@@ -101,6 +101,19 @@ def generate(spec: TaskSpec, length: int, ttg: int, index: int, rng: random.Rand
         d = build(extra)
     check_fill(d, budget, length, ttg, what)
     return d
+
+
+def _doc_costs(ds: QADataset, ctx: GenContext):
+    """tokens(ids): each document's tokens after its header, measured once per tokenizer."""
+    known: dict[int, int] = ctx.cache.setdefault(("qa-docs", ds.name, len(ds.docs)), {})
+
+    def tokens(ids: list[int]) -> list[int]:
+        missing = [d for d in dict.fromkeys(ids) if d not in known]
+        if missing:
+            known.update(zip(missing, ctx.counter.count_each(["\n" + ds.docs[d] for d in missing], prev=HEADER)))
+        return [known[d] for d in ids]
+
+    return tokens
 
 
 def _other_docs(ds: QADataset, exclude: set[int], rng: random.Random) -> list[int]:
