@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import functools
+import hashlib
 import importlib.resources
 import importlib.util
 import json
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import DataMissingError, UsageError
+from .files import atomic_writer, default_cache_dir
 
 ESSAYS_JSON = "pg_essays_ruler/PaulGrahamEssays.json"
 ESSAYS_DIR = "pg_essays"
@@ -32,7 +34,7 @@ def default_data_dir() -> Path:
     env = os.environ.get("LONGCTX_DATA")
     if env:
         return Path(env).expanduser()
-    return Path(os.environ.get("LONGCTX_CACHE", Path.home() / ".cache" / "longctx")) / "data"
+    return default_cache_dir() / "data"
 
 
 @dataclass(frozen=True)
@@ -121,10 +123,42 @@ def read_essay_text(path: Path) -> str:
 
 @functools.lru_cache(maxsize=4)
 def load_essays(path: Path) -> Essays:
+    """The essays split into sentences. Punkt (and importing NLTK) costs ~3 s of CPU for RULER's
+    3 MB corpus, so the split is kept under the cache directory, keyed by the text and the
+    splitter's version, and every later process reads it instead."""
     text = read_essay_text(path)
     normalised = re.sub(r"\s+", " ", text).strip()
-    sentences = tuple(sentence_splitter().tokenize(normalised))
+    cache = default_cache_dir() / "corpora" / f"essays-{_essays_key(normalised)}.json"
+    sentences = None
+    if cache.exists():
+        try:
+            sentences = tuple(json.loads(cache.read_text(encoding="utf-8"))["sentences"])
+        except (ValueError, KeyError, TypeError, OSError):
+            sentences = None  # a damaged cache entry is rebuilt
+    if sentences is None:
+        sentences = tuple(sentence_splitter().tokenize(normalised))
+        try:
+            with atomic_writer(cache) as f:
+                json.dump({"sentences": sentences}, f, ensure_ascii=False)
+        except OSError:
+            pass  # a read-only cache only costs the next process the split again
     return Essays(str(path), sentences, tuple(len(s.split(" ")) for s in sentences))
+
+
+SPLITTER_VERSION = 1  # bump when the sentence split changes (it keys the cached split)
+
+
+def _essays_key(normalised: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        nltk_version = version("nltk")
+    except PackageNotFoundError:
+        nltk_version = "none"
+    h = hashlib.sha256(normalised.encode("utf-8"))
+    h.update(f"|punkt|{nltk_version}|{SPLITTER_VERSION}".encode())
+    return h.hexdigest()[:16]
+
 
 
 @functools.lru_cache(maxsize=1)

@@ -7,13 +7,12 @@ extended to n > m by generating only indices m..n-1. Cache files are written ato
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import asdict
 from pathlib import Path
 from typing import Iterable, Iterator
 
 from .corpora import DataPaths
+from .files import atomic_writer
 from .tasks import generate_samples
 from .tasks.base import GENERATOR_VERSION, GenContext, GenOptions, TaskSpec
 from .tokenizer import Tokenizer, default_cache_dir
@@ -52,16 +51,9 @@ def read_jsonl(path: Path) -> list[Sample]:
 
 
 def write_jsonl_atomic(path: Path, samples: Iterable[Sample]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for s in samples:
-                f.write(json.dumps(s.to_ruler_row(), ensure_ascii=True) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_writer(path) as f:
+        for s in samples:
+            f.write(json.dumps(s.to_ruler_row(), ensure_ascii=True) + "\n")
 
 
 def iter_cells(specs: list[TaskSpec], lengths: list[int]) -> Iterator[tuple[TaskSpec, int]]:

@@ -18,9 +18,8 @@ from itertools import accumulate
 from pathlib import Path
 from typing import Iterable, Sequence
 
-import numpy as np
-
 from .errors import UsageError
+from .files import default_cache_dir
 
 # Left context kept when a junction is not provably context-free (see PieceCounter.key).
 TAIL_CHARS = 16
@@ -78,13 +77,6 @@ class Tokenizer:
             return [len(e.ids) for e in encode(list(texts), add_special_tokens=False)]
         return [len(self.hf(t, add_special_tokens=False)["input_ids"]) for t in texts]
 
-    def token_starts_many(self, texts: Sequence[str]) -> list[list[int]] | None:
-        """Start character of every token of each text (no special tokens), or None without a
-        Rust backend."""
-        if self._backend is None:
-            return None
-        return [[s for s, _ in e.offsets] for e in self._backend.encode_batch(list(texts), add_special_tokens=False)]
-
     def decode(self, ids: Sequence[int]) -> str:
         return self.hf.decode(ids, skip_special_tokens=True)
 
@@ -117,10 +109,6 @@ def _digit_runs_isolated(tok: Tokenizer) -> bool:
         if digits and digits != len(piece.strip(" \u0120\u2581")):
             return False
     return True
-
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("LONGCTX_CACHE", Path.home() / ".cache" / "longctx"))
 
 
 def load_tokenizer(path: str | os.PathLike, cache_dir: Path | None = None, trust_remote_code: bool = False) -> Tokenizer:
@@ -275,6 +263,7 @@ class PieceCounter:
         self.tok = tokenizer
         self._memo: dict = {}
         self._tables: dict[int, tuple[Sequence[str], list[int]]] = {}
+        self._bases: dict[str, int] = {}
         # How digits in a left tail are keyed: as 0 where digit runs are their own pre-tokens.
         self._tail_table = _DIGITS_AS_ZERO if _digit_runs_isolated(tokenizer) else {}
 
@@ -299,10 +288,6 @@ class PieceCounter:
         missing = list(dict.fromkeys(k for k in keys if k not in self._memo))
         if not missing:
             return
-        free = [k for k in missing if isinstance(k, str)]
-        if len(free) > 8:
-            self._memo.update(zip(free, self._count_free(free)))
-            missing = [k for k in missing if not isinstance(k, str)]
         texts, bases = [], []
         for k in missing:
             if isinstance(k, str):
@@ -311,40 +296,12 @@ class PieceCounter:
             else:
                 texts.append(k[0] + k[1])
                 bases.append(k[0])
-        if not texts:
-            return
         full = self.tok.count_raw_many(texts)
-        base_counts = dict(zip(set(bases), self.tok.count_raw_many(list(set(bases)))))
+        base_counts = self._bases  # left tails recur (" 0.", a common word): each is counted once
+        new = [b for b in dict.fromkeys(bases) if b not in base_counts]
+        base_counts.update(zip(new, self.tok.count_raw_many(new)))
         for k, n, b in zip(missing, full, bases):
             self._memo[k] = n - base_counts[b] if b else n
-
-    def _count_free(self, pieces: list[str], chunk_chars: int = 1 << 10) -> list[int]:
-        """Counts of context-free pieces, encoded many to a text (ANCHOR + p1 + p2 + ...) and split
-        by token offsets: a short piece encoded alone costs more in per-text overhead than in
-        tokenizing. A text whose split looks wrong (the anchor not alone, a piece with no token)
-        is counted piece by piece instead."""
-        groups, group, size = [], [], 0
-        for p in pieces:
-            if group and size + len(p) > chunk_chars:
-                groups.append(group)
-                group, size = [], 0
-            group.append(p)
-            size += len(p)
-        groups.append(group)
-        offsets = self.tok.token_starts_many([ANCHOR + "".join(g) for g in groups])
-        if offsets is None:
-            return self.tok.count_raw_many([ANCHOR + p for p in pieces])
-        anchor = self.tok.count_raw_many([ANCHOR])[0]
-        out: list[int] = []
-        for g, token_starts in zip(groups, offsets):
-            starts = np.cumsum([len(ANCHOR)] + [len(p) for p in g[:-1]])
-            owner = np.searchsorted(starts, np.asarray(token_starts), side="right")  # 0 = the anchor
-            counts = np.bincount(owner, minlength=len(g) + 1)
-            if counts[0] != anchor or not counts[1:].all():
-                out += [n - anchor for n in self.tok.count_raw_many([ANCHOR + p for p in g])]
-            else:
-                out += counts[1:].tolist()
-        return out
 
     def total(self, pieces: Sequence) -> int:
         """Token count of the joined pieces (strings and `Run`s) as encoded for the model, special
@@ -405,3 +362,4 @@ class PieceCounter:
         the few sequence tables are kept)."""
         if len(self._memo) > keep:
             self._memo.clear()
+            self._bases.clear()

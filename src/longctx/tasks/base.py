@@ -153,7 +153,7 @@ class GenContext:
         tail = [q for t in tail for q in word_pieces(t)]  # a tail repeats its words (a query), not its whole
         pieces, prefix = self.finish([p for p in (*head, *context, *tail) if p], answer_prefix)
         d = Draft(pieces, prefix, tuple(targets), dict(meta or {}))
-        d.tokens = self.count(pieces + [prefix])
+        d.tokens = self.count(pieces + word_pieces(prefix))
         return d
 
 

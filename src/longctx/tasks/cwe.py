@@ -166,12 +166,20 @@ class _Costs:
         return self.index_prefix[m]
 
     def hint(self, costs: list[int], n_cw, f_cw, f_ucw, room: int) -> int:
-        """How many distinct words fit in `room` tokens, given each word's tokens."""
-        total = sum(costs[:n_cw]) * f_cw
-        n = n_cw
-        while n < len(costs):
-            step = total + costs[n] * f_ucw
-            if step + self.index_cost(n_cw * f_cw + (n + 1 - n_cw) * f_ucw) > room:
-                break
-            total, n = step, n + 1
-        return n if n < len(costs) else len(costs) + 1
+        """How many distinct words fit in `room` tokens, given each word's tokens (a bisection on
+        the list's cost, which grows with the number of words)."""
+        sums = list(accumulate(costs, initial=0))
+        common = sums[n_cw] * f_cw
+
+        def fits(n: int) -> bool:
+            words = common + (sums[n] - sums[n_cw]) * f_ucw
+            return words + self.index_cost(n_cw * f_cw + (n - n_cw) * f_ucw) <= room
+
+        lo, hi = n_cw, len(costs) + 1  # the answer is the last n in [lo, hi) that fits (lo at least)
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if fits(mid):
+                lo = mid
+            else:
+                hi = mid
+        return lo if lo < len(costs) else len(costs) + 1

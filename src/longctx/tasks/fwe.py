@@ -41,7 +41,8 @@ def generate(spec: TaskSpec, length: int, ttg: int, index: int, rng: random.Rand
         raise UsageError(f"fwe alpha must be a number > 1, not {alpha!r}")
     budget = length - ttg
     vocab_size = (length if ctx.era == "2024" else budget) // 50
-    vocab = sorted({"".join(rng.choices(string.ascii_lowercase, k=6)) for _ in range(vocab_size)})
+    letters = "".join(rng.choices(string.ascii_lowercase, k=6 * vocab_size))  # one draw for every word
+    vocab = sorted({letters[i:i + 6] for i in range(0, len(letters), 6)})
     (ctx.fixed_rng() if ctx.compat else rng).shuffle(vocab)
     vocab[0] = "..."
     head, tail, prefix = ctx.template("fwe", {})

@@ -214,17 +214,17 @@ def _assemble(ctx, head, tail, prefix, hay: list[Run | str], needles, depths, se
         group = _units(hay, bounds[i], bounds[i + 1])
         drop = 0 if started else len(sep)  # the context's first unit has no separator
         if group and type(group[0]) is Run and (drop or sep == "\n"):
-            group[0:1] = group[0].opened(drop)  # a line after a needle: a short junction key
+            context += group.pop(0).opened(drop)  # a line after a needle: a short junction key
         elif group and drop:
-            group[0] = group[0][drop:]
+            context += word_pieces(group.pop(0)[drop:])
         for unit in group:
             if type(unit) is Run:
                 context.append(unit)
             else:
                 context += word_pieces(unit)
-        if not group and ruler_gaps and started:
+        if bounds[i] == bounds[i + 1] and ruler_gaps and started:  # an empty group
             context.append(sep)
-        started = started or bool(group) or ruler_gaps
+        started = started or bounds[i] < bounds[i + 1] or ruler_gaps
         if i < len(needles):
             context += word_pieces(sep + needles[i] if started else needles[i])
             started = True
