@@ -23,7 +23,7 @@ from ..templates import ERAS, TASK_TEMPLATES, VT_ANSWER_PREFIX_2024, model_wrapp
 from ..tokenizer import PieceCounter, Run, Tokenizer, flatten, word_pieces
 from ..types import Sample, stable_hash
 
-GENERATOR_VERSION = 1  # bump when generated text changes, so cached samples are not reused
+GENERATOR_VERSION = 2  # bump when generated text changes, so cached samples are not reused
 MIN_FILL = 0.97
 _SENTINEL = "\x00CONTEXT\x00"
 
