@@ -174,3 +174,18 @@ def test_essay_split_is_cached_and_a_damaged_cache_is_rebuilt(data_dir, tmp_path
     assert load_essays(path) == first
     assert tuple(json.loads(cached.read_text())["sentences"]) == first.sentences
     load_essays.cache_clear()
+
+
+@pytest.mark.parametrize("tok_name", ["smollm2", "bpe"])
+def test_pieces_counted_together_equal_pieces_counted_alone(tokenizers_pair, tok_name):
+    tok = tokenizers_pair[tok_name]
+    rng = random.Random(9)
+    words = [" " + "".join(rng.choices("abcdefghijklmnopqrstuvwxyz", k=rng.randint(1, 12))) for _ in range(700)]
+    words += [" 1234567.", " 8c3f0e2a-1b2c-4d5e-8f90-123456789abc", " fond-bread", " x"]
+    together = PieceCounter(tok)._count_together(words, chunk_chars=200)
+    alone = [n - tok.count_raw_many(["x"])[0] for n in tok.count_raw_many(["x" + w for w in words])]
+    assert together == alone
+    # A piece that would merge with its neighbour is caught and counted alone.
+    glued = [" hel", "lo", " wor", "ld"] * 30  # " hello", " world": one token each
+    got = PieceCounter(tok)._count_together(glued, chunk_chars=64)
+    assert got == [n - tok.count_raw_many(["x"])[0] for n in tok.count_raw_many(["x" + w for w in glued])]
