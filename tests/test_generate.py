@@ -103,3 +103,16 @@ def test_missing_data_names_the_download_command(capsys, tmp_path):
                  "--out", str(tmp_path / "o"), "--no-cache"])
     err = capsys.readouterr().err
     assert code == 2 and "longctx data download" in err
+
+
+@pytest.mark.parametrize("length", [1024, 4096])
+def test_a_sample_is_the_same_generated_alone_or_after_others(smol, data_dir, length):
+    """The fit searches from the previous sample's size; what it draws must not depend on that
+    (a cache extended from m to n samples generates only the new ones)."""
+    names = list(RULER_TASKS) if length == 1024 else ["niah_single_2", "niah_multikey_2", "niah_multikey_3"]
+    ctx = GenContext(smol, GenOptions(), DataPaths(data_dir))  # each call starts its own search state
+    for name in names:
+        spec = RULER_TASKS[name]
+        batch = generate_samples(spec, length, range(6), ctx)
+        for i in (2, 5):
+            assert generate_samples(spec, length, range(i, i + 1), ctx)[0].prompt == batch[i].prompt, (name, i)

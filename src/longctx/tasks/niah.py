@@ -120,8 +120,13 @@ def generate(spec: TaskSpec, length: int, ttg: int, index: int, rng: random.Rand
 
         n_max = max(1, length)
     hint = state.get("hint") or _probe_hint(build, budget)
+    if p["haystack"] == "essay" and "overhead" in state and not ctx.exact:
+        # the window's own sentence counts place the first probe within a sentence of the answer
+        hint = units.hint(starts[0], budget - state["overhead"], ctx.counter) or hint
     n, draft = fit_size(build, 0, n_max, hint, budget, what)
     state["hint"] = n
+    if p["haystack"] == "essay":  # prompt tokens besides the window's sentences, for the next hint
+        state["overhead"] = draft.tokens - units.tokens(starts[0], n, ctx.counter)
     if p["haystack"] == "essay":
         for start in starts[1:]:
             if filled(draft, length, ttg):
@@ -157,6 +162,22 @@ class _EssayUnits:
         self.essays = essays
         self.seq = tuple(" " + s for s in essays.sentences)
         self.words = list(accumulate(essays.word_counts, initial=0))
+
+    def hint(self, start: int, room: int, counter) -> int | None:
+        """Words in the whole sentences from `start` whose tokens fit `room` (None if the window
+        would wrap around the corpus: the caller's own hint is used then)."""
+        cum = counter.table(self.seq)
+        base = cum[start + 1]  # cum[i] sums the sentences 1..i-1 after their predecessors
+        k = bisect.bisect_right(cum, base + room, lo=start + 1) - 1  # sentences start..k-1
+        if k >= len(self.seq):
+            return None
+        return self.words[k] - self.words[start]
+
+    def tokens(self, start: int, n_words: int, counter) -> int:
+        """Approximate tokens of the whole sentences in a window (the table's sums)."""
+        k = min(bisect.bisect_right(self.words, self.words[start] + n_words) - 1, len(self.seq))
+        cum = counter.table(self.seq)
+        return cum[k] - cum[start + 1] if k > start else 0
 
     def window(self, start: int, n_words: int) -> list[Run | str]:
         """The first n_words words from sentence `start` on (wrapping around), last sentence truncated."""
@@ -344,17 +365,20 @@ class _NeedleLines:
         self.rng = random.Random(rng.getrandbits(64))
         self._used_keys = {parts.key_index[k] for k in exclude_keys if k in parts.key_index}
         self._used_values: set[int] = set()
+        self._keys: list[int] = []
+        self._values: list[int] = []
         # (value index, tokens of the line after its head, text)
         self.lines: list[tuple[int, int, str]] = []
 
     def _grow(self, n: int) -> None:
+        """Lines up to n. Keys and values are drawn in fixed blocks, so line i is the same whatever
+        sizes the fit probed first (a sample must not depend on the samples before it)."""
         pp = self.parts
-        if len(self.lines) >= n:
-            return
-        want = n - len(self.lines)
-        keys = _fresh(self.rng, len(pp.keys), want, self._used_keys)
-        values = _fresh(self.rng, len(pp.values), want, self._used_values)
-        for k, v in zip(keys, values):
+        while len(self._keys) < n or len(self._values) < n:
+            self._keys += _fresh_block(self.rng, len(pp.keys), self._used_keys)
+            self._values += _fresh_block(self.rng, len(pp.values), self._used_values)
+        for i in range(len(self.lines), n):
+            k, v = self._keys[i], self._values[i]
             own = pp.key_tokens[k] + pp.is_tokens + pp.value_tokens[v]
             self.lines.append((v, own, f"{pp.head} {pp.keys[k]} is: {pp.values[v]}."))
 
@@ -381,19 +405,20 @@ class _NeedleLines:
         self.lines = saved
 
 
-def _fresh(rng: random.Random, size: int, n: int, used: set[int]) -> list[int]:
-    """n indices below `size` not in `used` (which they join), drawn in bulk; once
-    half the pool is used (short numbers), indices may repeat, as RULER's independent draws do."""
+DRAW_BLOCK = 256
+
+
+def _fresh_block(rng: random.Random, size: int, used: set[int]) -> list[int]:
+    """The indices of one block of DRAW_BLOCK draws below `size` that are not in `used` (which
+    they join); once half the pool is used (short numbers), indices may repeat, as RULER's
+    independent draws do."""
     out: list[int] = []
-    while len(out) < n:
-        for x in random_indices(rng, size, 2 * (n - len(out)) + 16):
-            if 2 * len(used) < size:
-                if x in used:
-                    continue
-                used.add(x)
-            out.append(x)
-            if len(out) == n:
-                break
+    for x in random_indices(rng, size, DRAW_BLOCK):
+        if 2 * len(used) < size:
+            if x in used:
+                continue
+            used.add(x)
+        out.append(x)
     return out
 
 
