@@ -187,6 +187,7 @@ def test_lab_cli_trains_evaluates_reports_and_resumes(tmp_path, capsys):
     lab = tmp_path / "lab"
     report = lab / "report"
     for f in ("lab.md", "report.html", "tables/lab_models.md", "tables/lab_state.md", "tables/lab_accuracy.csv",
+              "tables/lab_distance.md",
               "figures/lab_training_curves.png", "figures/lab_heatmaps.png", "figures/heatmap_llama.png", "figures/heatmap_mamba2.png"):
         assert (report / f).exists(), f
     assert "did not learn" in out  # 6 steps: the report must say so plainly
@@ -215,3 +216,19 @@ def test_lab_cli_trains_evaluates_reports_and_resumes(tmp_path, capsys):
     assert main(["lab", str(spec), "--train.steps=7", "--families=[llama]", "--new"]) == 0
     assert (tmp_path / "lab.old-1" / "models" / "mamba2" / "done.json").exists()
     shutil.rmtree(tmp_path / "lab.old-1")
+
+
+def test_accuracy_by_distance_splits_needles_at_the_training_length():
+    from longctx.lab.report import accuracy_by_distance
+
+    def row(length, depth, score):
+        return {"model": "llama", "length": length, "score": score, "meta": json.dumps({"depth": depth})}
+
+    # At 512 with training length 256: depth 0 and 25 sit 512 and 384 tokens back (far), 50-100 within.
+    rows = [row(512, d, s) for d, s in [(0, 0), (0, 0), (25, 1), (50, 1), (75, 1), (100, 1)]]
+    rows += [row(512, None, 1), row(1024, 100, 1), {"model": "mamba2", "length": 512, "score": 0,
+                                                   "meta": json.dumps({"depth": 0})}]
+    acc = accuracy_by_distance(rows, ["llama"], [512, 1024], 256)
+    assert acc["llama", 512, True].n == 3 and abs(acc["llama", 512, True].mean - 1 / 3) < 1e-9
+    assert acc["llama", 512, False].n == 3 and acc["llama", 512, False].mean == 1
+    assert acc["llama", 1024, False].n == 1 and ("llama", 1024, True) not in acc

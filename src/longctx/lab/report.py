@@ -44,11 +44,35 @@ def accuracy_by_length(rows: list[dict], families: list[str], lengths: list[int]
     return out
 
 
+def needle_distance(row: dict) -> float | None:
+    """Tokens between a fixed-depth needle and the question, about (1 - depth) x length."""
+    depth = json.loads(row["meta"]).get("depth")
+    return None if depth is None else (1 - depth / 100) * row["length"]
+
+
+def accuracy_by_distance(rows: list[dict], families: list[str], lengths: list[int], train_length: int) -> dict:
+    """(family, length, far) -> Wilson interval, where `far` means the needle sits farther from the
+    question than the training length: the only needles whose retrieval needs attention over
+    distances never trained on (a relative-position model still reaches the others)."""
+    out = {}
+    for f in families:
+        for n in lengths:
+            for far in (False, True):
+                cell = [r for r in rows if r["model"] == f and r["length"] == n and r["score"] is not None
+                        and needle_distance(r) is not None and (needle_distance(r) > train_length) == far]
+                if cell:
+                    out[f, n, far] = wilson(sum(r["score"] for r in cell), len(cell))
+    return out
+
+
 def lab_tables(spec: LabSpec, rows, summaries: dict, states: dict) -> tuple[list[Table], list[str]]:
     fams = [f for f in spec.families if f in summaries]
     lengths = list(spec.eval_lengths)
     trained = tuple(spec.tasks())
     acc = accuracy_by_length([r for r in rows if r["task"].startswith(trained)], fams, lengths)
+    beyond = [n for n in lengths if n > spec.train_length]
+    by_distance = accuracy_by_distance([r for r in rows if r["task"].startswith(trained)], fams, beyond,
+                                       spec.train_length)
     models = Table("lab_models", f"Lab models: same data, steps ({spec.steps}), seed ({spec.seed}) and training "
                    f"length ({spec.train_length}); non-embedding parameter budget {spec.params:,} (+/-10 %)",
                    ["family", "architecture", "non-embedding params", "train CPU-s", "final train acc",
@@ -66,15 +90,17 @@ def lab_tables(spec: LabSpec, rows, summaries: dict, states: dict) -> tuple[list
                             f" at its training length, below the {100 * LEARNED:.0f} % bar; its other numbers say "
                             "nothing about long context.")
             continue
-        beyond = [n for n in lengths if n > spec.train_length and (f, n) in acc]
+        scored = [n for n in beyond if (f, n) in acc]
+        far = "; ".join(f"{_interval_text(by_distance[f, n, True])} at {n}" for n in beyond if (f, n, True) in by_distance)
         curve = {n: acc[f, n][0].mean for n in lengths if (f, n) in acc}
         held = effective_length(curve, THRESHOLD)
-        texts = "; ".join(f"{_interval_text(acc[f, n][0])} at {n}" for n in beyond)
+        texts = "; ".join(f"{_interval_text(acc[f, n][0])} at {n}" for n in scored)
         reach = (f"stays above {100 * THRESHOLD:.1f} % up to {held} tokens "
                  f"({held / spec.train_length:g}x its training length)" if held else
                  f"is below {100 * THRESHOLD:.1f} % already at {lengths[0]} tokens")
         findings.append(f"- **{f}** ({summaries[f]['kind']}): {_interval_text(at_train[0])} at its training length "
-                        f"{spec.train_length}; beyond it: {texts}. It {reach}.")
+                        f"{spec.train_length}; beyond it: {texts}. It {reach}."
+                        + (f" Needles farther than {spec.train_length} tokens from the question: {far}." if far else ""))
         learned_fams.append(f)
     findings += _contrast(spec, acc, learned_fams, summaries)
     by_length = Table("lab_accuracy", "Accuracy (%) by context length over the trained formats and all depths, "
@@ -101,7 +127,15 @@ def lab_tables(spec: LabSpec, rows, summaries: dict, states: dict) -> tuple[list
                 cells.append(f"{100 * sum(r['score'] for r in cell) / len(cell):.0f}" if cell else "-")
             label = fmt.split(",tokens_to_generate")[0].split(":tokens_to_generate")[0]
             formats.rows.append([f, label + ("" if fmt in trained else " (held out)")] + cells)
-    return [models, by_length, formats, state], findings
+    distance = Table("lab_distance", "Accuracy (%) beyond the training length, split by the needle's distance from "
+                     f"the question (about (1 - depth) x length tokens): within or farther than the training length "
+                     f"{spec.train_length}, with 95 % Wilson intervals", ["family", "needle"] + [str(n) for n in beyond])
+    for f in fams:
+        for far in (False, True):
+            distance.rows.append([f, f"farther than {spec.train_length}" if far else f"within {spec.train_length}"]
+                                 + [_interval_text(by_distance[f, n, far]) if (f, n, far) in by_distance else "-"
+                                    for n in beyond])
+    return [models, by_length, formats, distance, state], findings
 
 
 def _contrast(spec: LabSpec, acc: dict, learned: list[str], summaries: dict) -> list[str]:
