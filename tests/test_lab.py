@@ -210,6 +210,13 @@ def test_lab_cli_trains_evaluates_reports_and_resumes(tmp_path, capsys):
     stamp = (lab / "models" / "llama" / "model.safetensors").stat().st_mtime_ns
     assert main(["lab", str(spec)]) == 0
     assert (lab / "models" / "llama" / "model.safetensors").stat().st_mtime_ns == stamp
+    # A changed evaluation keeps the weights and starts the evaluation over, the old one set aside.
+    assert main(["lab", str(spec), "--eval.lengths=[128]"]) == 0
+    assert (lab / "models" / "llama" / "model.safetensors").stat().st_mtime_ns == stamp
+    assert (lab / "models" / "llama" / "eval.sqlite.old-1").exists()
+    db = RunStore(lab / "models" / "llama" / "eval.sqlite")
+    assert {r["length"] for r in db.results()} == {128}
+    db.close()
     # Weights trained under another spec are not mixed in silently.
     assert main(["lab", str(spec), "--train.steps=7"]) == 2
     assert "different spec" in capsys.readouterr().err

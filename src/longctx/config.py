@@ -47,8 +47,10 @@ class RunSpec:
         """What stored rows depend on; a run whose identity changed must not be resumed."""
         models = [(m.name, m.backend, {k: v for k, v in sorted(m.args.items()) if k not in RUNTIME_ARGS},
                    m.model_template) for m in self.models]
+        from .tasks.base import GENERATOR_VERSION  # new samples must not join rows of old ones
+
         return stable_hash(models, self.tasks, self.lengths, self.seed, self.depths, self.formats,
-                           sorted(self.generation.items()), self.data_dir)
+                           sorted(self.generation.items()), self.data_dir, GENERATOR_VERSION)
 
     def to_json(self) -> str:
         return json.dumps({"name": self.name, "models": [vars(m) for m in self.models], "tasks": self.tasks,

@@ -28,14 +28,21 @@ from .train import save_atomic, write_json_atomic
 IDS = dict(pad_token_id=0, unk_token_id=1, bos_token_id=2, eos_token_id=3)  # vocab.SPECIALS order
 
 
+def set_aside(path: Path, *companions: Path) -> None:
+    """Rename `path` (and its companion files, e.g. SQLite's -wal/-shm) to `<name>.old-N`."""
+    n = 1
+    while path.with_name(f"{path.name}.old-{n}").exists():
+        n += 1
+    for p in (path, *companions):
+        if p.exists():
+            p.rename(p.with_name(f"{p.name}.old-{n}"))
+
+
 def prepare(spec: LabSpec, new: bool = False) -> Path:
     """Create or reopen the lab folder; refuse to mix weights trained under another spec."""
     out = spec.out_dir
     if new and out.exists():
-        n = 1
-        while out.with_name(f"{out.name}.old-{n}").exists():
-            n += 1
-        out.rename(out.with_name(f"{out.name}.old-{n}"))
+        set_aside(out)
     out.mkdir(parents=True, exist_ok=True)
     stamp = out / "spec.json"
     if stamp.exists():
@@ -142,7 +149,15 @@ def _evaluate(spec: LabSpec, name: str, mdir: Path, emit) -> None:
     from ..store import RunStore
 
     run_spec = eval_run_spec(spec, name, mdir)
-    store = RunStore(Path(run_spec.db))
+    db = Path(run_spec.db)
+    store = RunStore(db)
+    stored = store.meta("identity")
+    if stored is not None and stored != run_spec.identity():
+        # Evaluation settings (lengths, depths, formats) or the generator changed: the trained
+        # model stays; its evaluation starts over, the old one kept as eval.sqlite.old-N.
+        store.close()
+        set_aside(db, *(db.with_name(db.name + s) for s in ("-wal", "-shm")))
+        store = RunStore(db)
     try:
         store.bind(run_spec.to_json(), run_spec.identity())
         run(run_spec, store, progress=lambda model, label, n: emit("eval", n, label))
