@@ -66,7 +66,7 @@ def test_needle_pool_line_table_matches_the_counter_and_the_tokenizer(smol, data
     ctx = GenContext(smol, GenOptions(), DataPaths(data_dir))
     p = niah.check_params(dict(RULER_TASKS[task].params))
     lines = niah._NeedleLines(p, niah._distractor_parts(ctx, p, 4096), random.Random(3), set())
-    (run,) = lines.hay(120)
+    (run,) = lines.hay(120, ctx)
     generic = PieceCounter(smol).table(run.seq)  # every line counted after its predecessor, whole
     assert list(run.cum) == generic
     texts = list(run.seq)
@@ -81,7 +81,7 @@ def test_needle_pool_never_uses_a_real_needle_key(smol, data_dir):
     parts = niah._distractor_parts(ctx, p, 1024)
     real = set(parts.keys[:50])
     lines = niah._NeedleLines(p, parts, random.Random(5), real)
-    lines.hay(2000)
+    lines.hay(2000, ctx)
     used = {parts.keys[parts.key_index[t.split(" for ")[1].split(" is: ")[0]]] for *_, t in lines.lines}
     assert not used & real
 
@@ -92,7 +92,7 @@ def test_short_number_pools_repeat_instead_of_stalling(smol, data_dir):
     parts = niah._distractor_parts(ctx, p, 1024)
     assert sorted(parts.values) == [str(d) for d in range(1, 10)]
     lines = niah._NeedleLines(p, parts, random.Random(1), set())
-    assert len(lines.hay(100)[0]) == 100
+    assert len(lines.hay(100, ctx)[0]) == 100
 
 
 def _essay_reference(essays, start: int, n_words: int) -> list[str]:
@@ -189,3 +189,16 @@ def test_pieces_counted_together_equal_pieces_counted_alone(tokenizers_pair, tok
     glued = [" hel", "lo", " wor", "ld"] * 30  # " hello", " world": one token each
     got = PieceCounter(tok)._count_together(glued, chunk_chars=64)
     assert got == [n - tok.count_raw_many(["x"])[0] for n in tok.count_raw_many(["x" + w for w in glued])]
+
+
+def test_words_haystack_table_matches_the_counter_and_long_tables_are_kept(smol, data_dir):
+    ctx = GenContext(smol, GenOptions(), DataPaths(data_dir))
+    (run,) = niah._WordUnits(random.Random(2)).hay(1500, ctx)
+    assert list(run.cum) == PieceCounter(smol).table(run.seq)
+    # A corpus-sized table outlives many short per-sample ones (every cell reuses it).
+    counter = PieceCounter(smol)
+    corpus = repeated("\n" + niah.NOISE, 2000)
+    first = counter.table(corpus)
+    for i in range(40):
+        counter.table(tuple(f" w{i}" for _ in range(3)))
+    assert counter.table(corpus) is first

@@ -272,6 +272,7 @@ class PieceCounter:
         self.tok = tokenizer
         self._memo: dict = {}
         self._tables: dict[int, tuple[Sequence[str], list[int]]] = {}
+        self._corpus_tables: dict[int, tuple[Sequence[str], list[int]]] = {}
         self._bases: dict[str, int] = {}
         self._anchor = tokenizer.count_raw_many([ANCHOR])[0]
         # How digits in a left tail are keyed: as 0 where digit runs are their own pre-tokens.
@@ -379,15 +380,17 @@ class PieceCounter:
 
     def table(self, seq: Sequence[str]) -> list[int]:
         """Prefix sums of each piece of `seq` counted after its predecessor in `seq` (see `Run`).
-        Kept per sequence object (a few at a time): a haystack's units are counted once."""
-        hit = self._tables.get(id(seq))
+        Kept per sequence object: long ones (a corpus, a repeated haystack unit) for the counter's
+        life, since every cell reuses them; short per-sample ones the last 16."""
+        keep = self._corpus_tables if len(seq) >= 1024 else self._tables
+        hit = keep.get(id(seq))
         if hit is not None and hit[0] is seq:
             return hit[1]
         counts = self.counts(list(zip(seq[:-1], seq[1:]))) if len(seq) > 1 else []
         cum = [0] + list(accumulate(counts, initial=0))
-        if len(self._tables) >= 16:
-            self._tables.pop(next(iter(self._tables)))
-        self._tables[id(seq)] = (seq, cum)
+        if keep is self._tables and len(keep) >= 16:
+            keep.pop(next(iter(keep)))
+        keep[id(seq)] = (seq, cum)
         return cum
 
     def count_each(self, pieces: Sequence[str], prev: str = ".") -> list[int]:

@@ -113,7 +113,7 @@ def generate(spec: TaskSpec, length: int, ttg: int, index: int, rng: random.Rand
             pool = _NeedleLines(p, _distractor_parts(ctx, p, length), rng, set(keys))
 
         def build(n: int, partial: str = "") -> Draft:
-            hay = pool.hay(n) if pool else [Run(repeated(sep + NOISE, n), 0, n)]
+            hay = pool.hay(n, ctx) if pool else [Run(repeated(sep + NOISE, n), 0, n)]
             if partial:
                 hay.append(sep + partial)
             return _assemble(ctx, head, tail, prefix, hay, needles, depths, sep, targets, meta, False)
@@ -300,9 +300,11 @@ class _WordUnits:
         self._grow(n)
         return ctx.counter.count_each(self.units[:n], prev="x")
 
-    def hay(self, n: int) -> list[Run]:
+    def hay(self, n: int, ctx: GenContext) -> list[Run]:
         self._grow(n)
-        return [Run(tuple(self.units[:n]), 0, n)]  # a snapshot: top-up swaps reorder the list
+        units = tuple(self.units[:n])  # a snapshot: top-up swaps reorder the list
+        counts = ctx.counter.count_each(units[1:], prev="x")  # a word after a word: its own count
+        return [Run(units, 0, n, [0, 0] + list(accumulate(counts)))]
 
     def replace(self, i: int, j: int) -> None:
         self.units[i], self.units[j] = self.units[j], self.units[i]
@@ -388,7 +390,7 @@ class _NeedleLines:
         head = self.parts.head_tokens
         return [head[v] + own for v, own, _ in self.lines[:n]]
 
-    def hay(self, n: int) -> list[Run]:
+    def hay(self, n: int, ctx: GenContext) -> list[Run]:
         self._grow(n)
         head, lines = self.parts.head_tokens, self.lines[:n]
         counts = [head[prev[0]] + line[1] for prev, line in zip(lines, lines[1:])]
