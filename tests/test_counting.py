@@ -82,7 +82,7 @@ def test_needle_pool_never_uses_a_real_needle_key(smol, data_dir):
     real = set(parts.keys[:50])
     lines = niah._NeedleLines(p, parts, random.Random(5), real)
     lines.hay(2000, ctx)
-    used = {parts.keys[parts.key_index[t.split(" for ")[1].split(" is: ")[0]]] for *_, t in lines.lines}
+    used = {parts.keys[parts.key_index[t.split(" for ")[1].split(" is: ")[0]]] for *_, t in lines.items}
     assert not used & real
 
 

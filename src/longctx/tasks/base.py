@@ -163,8 +163,7 @@ def permutation(n: int, rng: random.Random) -> list[int]:
     (a 16K-token FWE list has ~8K words, a HotpotQA corpus 66K documents)."""
     if n < 2:
         return list(range(n))
-    keys = np.frombuffer(rng.getrandbits(64 * n).to_bytes(8 * n, "little"), dtype="<u8")
-    return np.argsort(keys, kind="stable").tolist()
+    return np.argsort(_random_words(rng, n, 8), kind="stable").tolist()
 
 
 def random_indices(rng: random.Random, size: int, n: int) -> list[int]:
@@ -172,8 +171,13 @@ def random_indices(rng: random.Random, size: int, n: int) -> list[int]:
     the bias is below size / 2**32)."""
     if n <= 0:
         return []
-    words = np.frombuffer(rng.getrandbits(32 * n).to_bytes(4 * n, "little"), dtype="<u4")
-    return ((words.astype(np.uint64) * size) >> 32).tolist()
+    return ((_random_words(rng, n, 4).astype(np.uint64) * size) >> 32).tolist()
+
+
+def _random_words(rng: random.Random, n: int, width: int) -> np.ndarray:
+    """n unsigned integers of `width` bytes from one `getrandbits` call (little-endian everywhere,
+    so the same RNG state gives the same words on any machine)."""
+    return np.frombuffer(rng.getrandbits(8 * width * n).to_bytes(width * n, "little"), dtype=f"<u{width}")
 
 
 def distinct_indices(rng: random.Random, size: int, k: int) -> list[int]:

@@ -121,11 +121,8 @@ def _fit_closed_form(ctx, costs, head_run, tail, prefix, words, word_tokens, n_c
     def end_tokens(last: str) -> int:
         return sum(counter.counts(list(zip([" " + last] + ends[:-1], ends)))) if ends else 0
 
-    def items_count(n: int) -> int:
-        return n_cw * f_cw + (n - n_cw) * f_ucw
-
     def count(n: int, last: str) -> int:
-        m = items_count(n)
+        m = n_cw * f_cw + (n - n_cw) * f_ucw  # list items
         listed = word_sums[n_cw] * f_cw + (word_sums[n] - word_sums[n_cw]) * f_ucw
         return opening + costs.index_cost(m) - costs.index_cost(1) + listed + end_tokens(last)
 

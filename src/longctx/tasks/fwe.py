@@ -51,15 +51,15 @@ def generate(spec: TaskSpec, length: int, ttg: int, index: int, rng: random.Rand
     order_seed = (ctx.fixed_rng() if ctx.compat else rng).getrandbits(64)
     word_cost = np.array(ctx.counter.count_each([" " + w for w in vocab], prev="a"), dtype=np.int64)
     zipf = _Zipf(len(vocab), alpha)
-    # Only the tail's first word depends on the list's last word: it is counted per sample.
+    # The prompt without its list, taking the list to end in " a"; only the tail's first word
+    # (`opener`) depends on the list's real last word, and is recounted for it.
     tail_words = word_pieces(tail)
     opener = tail_words[0] if tail_words else prefix
-    typical_opening = ctx.counter.count_each([opener], prev=" a")[0]
-    fixed = (ctx.counter.total([head, " a", *tail_words, prefix]) - ctx.counter.count_each([" a"], prev="a")[0]
-             - typical_opening)
+    after_a = ctx.counter.count_each([opener], prev=" a")[0]
+    fixed = ctx.counter.total([head, " a", *tail_words, prefix]) - ctx.counter.count_each([" a"], prev="a")[0]
 
     def estimate(num_words: int) -> int:  # exact up to the tail's junction with the last word
-        return fixed + typical_opening + int(zipf.counts(num_words) @ word_cost)
+        return fixed + int(zipf.counts(num_words) @ word_cost)
 
     def build(num_words: int) -> Draft:
         counts = zipf.counts(num_words)
@@ -72,7 +72,8 @@ def generate(spec: TaskSpec, length: int, ttg: int, index: int, rng: random.Rand
         if ctx.exact or ctx.options.remove_newline_tab or not words:
             tokens = ctx.tok.count("".join(pieces) + pre)
         else:  # additive: head, context-free words, the tail's junction with the last word, the prefix
-            tokens = fixed + ctx.counter.count_each([opener], prev=" " + words[-1])[0] + int(counts @ word_cost)
+            opening = ctx.counter.count_each([opener], prev=" " + words[-1])[0]
+            tokens = fixed - after_a + opening + int(counts @ word_cost)
         return Draft(pieces, pre, tuple(targets), {"num_words": num_words, "vocab_size": len(vocab)}, tokens)
 
     lo, hi = 0, budget * 2

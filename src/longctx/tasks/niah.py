@@ -283,37 +283,43 @@ def _single_words() -> tuple[tuple[str, ...], tuple[str, ...]]:
     return single(w.adjectives), single(w.nouns)
 
 
-class _WordUnits:
+class _Units:
+    """A haystack drawn lazily into `self.items`, whose order the top-up may rearrange."""
+
+    items: list
+
+    def replace(self, i: int, j: int) -> None:
+        self.items[i], self.items[j] = self.items[j], self.items[i]
+
+    def save(self) -> list:
+        return list(self.items)
+
+    def restore(self, saved: list) -> None:
+        self.items = saved
+
+
+class _WordUnits(_Units):
     """The `words` haystack: random single words (" word" units), drawn lazily from their own RNG
     stream. A word after a word is a context-free piece, so each unit's count is its own."""
 
     def __init__(self, rng: random.Random):
         self.rng = random.Random(rng.getrandbits(64))
-        self.units: list[str] = []
+        self.items: list[str] = []
 
     def _grow(self, n: int) -> None:
         adjectives, nouns = _single_words()
-        while len(self.units) < n:
-            self.units.append(" " + self.rng.choice(adjectives if self.rng.random() < 0.5 else nouns))
+        while len(self.items) < n:
+            self.items.append(" " + self.rng.choice(adjectives if self.rng.random() < 0.5 else nouns))
 
     def sizes(self, ctx: GenContext, n: int) -> list[int]:
         self._grow(n)
-        return ctx.counter.count_each(self.units[:n], prev="x")
+        return ctx.counter.count_each(self.items[:n], prev="x")
 
     def hay(self, n: int, ctx: GenContext) -> list[Run]:
         self._grow(n)
-        units = tuple(self.units[:n])  # a snapshot: top-up swaps reorder the list
+        units = tuple(self.items[:n])  # a snapshot: top-up swaps reorder the list
         counts = ctx.counter.count_each(units[1:], prev="x")  # a word after a word: its own count
         return [Run(units, 0, n, [0, 0] + list(accumulate(counts)))]
-
-    def replace(self, i: int, j: int) -> None:
-        self.units[i], self.units[j] = self.units[j], self.units[i]
-
-    def save(self) -> list:
-        return list(self.units)
-
-    def restore(self, saved: list) -> None:
-        self.units = saved
 
 
 POOL_MIN = 8192
@@ -358,7 +364,7 @@ def _distinct(kind: str, rng: random.Random, digits: int, size: int) -> tuple[st
     return tuple(seen)
 
 
-class _NeedleLines:
+class _NeedleLines(_Units):
     """The `needle` haystack: distractor lines with distinct keys and values drawn from the pool
     (never a real needle's key), lazily, from their own RNG stream."""
 
@@ -370,7 +376,7 @@ class _NeedleLines:
         self._keys: list[int] = []
         self._values: list[int] = []
         # (value index, tokens of the line after its head, text)
-        self.lines: list[tuple[int, int, str]] = []
+        self.items: list[tuple[int, int, str]] = []
 
     def _grow(self, n: int) -> None:
         """Lines up to n. Keys and values are drawn in fixed blocks, so line i is the same whatever
@@ -379,32 +385,23 @@ class _NeedleLines:
         while len(self._keys) < n or len(self._values) < n:
             self._keys += _fresh_block(self.rng, len(pp.keys), self._used_keys)
             self._values += _fresh_block(self.rng, len(pp.values), self._used_values)
-        for i in range(len(self.lines), n):
+        for i in range(len(self.items), n):
             k, v = self._keys[i], self._values[i]
             own = pp.key_tokens[k] + pp.is_tokens + pp.value_tokens[v]
-            self.lines.append((v, own, f"{pp.head} {pp.keys[k]} is: {pp.values[v]}."))
+            self.items.append((v, own, f"{pp.head} {pp.keys[k]} is: {pp.values[v]}."))
 
     def sizes(self, ctx: GenContext, n: int) -> list[int]:
         """Each line's tokens as it would follow a line with its own value (a planning estimate)."""
         self._grow(n)
         head = self.parts.head_tokens
-        return [head[v] + own for v, own, _ in self.lines[:n]]
+        return [head[v] + own for v, own, _ in self.items[:n]]
 
     def hay(self, n: int, ctx: GenContext) -> list[Run]:
         self._grow(n)
-        head, lines = self.parts.head_tokens, self.lines[:n]
+        head, lines = self.parts.head_tokens, self.items[:n]
         counts = [head[prev[0]] + line[1] for prev, line in zip(lines, lines[1:])]
         cum = [0, 0] + list(accumulate(counts))
         return [Run(tuple(line[2] for line in lines), 0, n, cum)]
-
-    def replace(self, i: int, j: int) -> None:
-        self.lines[i], self.lines[j] = self.lines[j], self.lines[i]
-
-    def save(self) -> list:
-        return list(self.lines)
-
-    def restore(self, saved: list) -> None:
-        self.lines = saved
 
 
 DRAW_BLOCK = 256
