@@ -394,8 +394,16 @@ class PieceCounter:
         return cum
 
     def count_each(self, pieces: Sequence[str], prev: str = ".") -> list[int]:
-        """In-context counts of pieces that will each follow text ending like `prev`."""
-        return self.counts([(prev, p) for p in pieces])
+        """In-context counts of pieces that will each follow text ending like `prev`. (`counts` with
+        one left neighbour; kept apart because checking that neighbour once, not per piece, was
+        measured ~5 % faster over the whole benchmark.)"""
+        if prev and not prev[-1].isspace():  # most pieces are context-free here: skip `key`
+            key = self.key
+            keys = [p if len(p) > 1 and p[0] == " " and not p[1].isspace() else key(prev, p) for p in pieces]
+        else:
+            keys = [self.key(prev, p) for p in pieces]
+        self._measure(keys)
+        return [self._memo[k] for k in keys]
 
     def forget(self, keep: int = 500_000) -> None:
         """Bound memory: drop the memo when it grows past `keep` entries (counts are recomputed;
