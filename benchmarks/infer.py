@@ -4,7 +4,9 @@ hf path does, batch size 1) on the same samples of the same real model, SmolLM2-
     python benchmarks/infer.py --n 100 --length 1024 --data-dir ../shared/data
 
 Prints wall and CPU seconds of both, the speed-up, and whether the outputs are identical. Both
-runs share one loaded model, so only the generation strategy differs.
+runs share one loaded model, so only the generation strategy differs. It also times the prefill
+alone (one forward per prompt, last-position logits only) on the first samples: batching and
+decoding strategy can only save the rest, so naive / prefill is the ceiling of any such speed-up.
 """
 
 from __future__ import annotations
@@ -47,6 +49,15 @@ def fast(model, samples):
     return out
 
 
+def prefill_only(model, samples):
+    """One forward per prompt with last-position logits only: the part no decode strategy saves."""
+    tok = model.tokenizer
+    with torch.no_grad():
+        for s in samples:
+            ids = torch.tensor([tok.encode(s.full_prompt)])
+            model.model(input_ids=ids, logits_to_keep=1)
+
+
 def timed(fn, *args):
     wall, cpu = time.perf_counter(), time.process_time()
     result = fn(*args)
@@ -59,6 +70,7 @@ def main():
     ap.add_argument("--length", type=int, default=1024)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--data-dir")
+    ap.add_argument("--prefill-probe", type=int, default=8, help="samples whose prefill alone is timed")
     args = ap.parse_args()
     model = load_model("hf", path=str(default_tokenizer()), batch_size=args.batch_size)
     ctx = GenContext(model.tokenizer, GenOptions(), DataPaths(args.data_dir))
@@ -68,12 +80,19 @@ def main():
           f"{torch.get_num_threads()} threads), batch size {args.batch_size}")
     ref, ref_wall, ref_cpu = timed(naive, model, samples)
     got, wall, cpu = timed(fast, model, samples)
+    probe = samples[:: max(1, len(samples) // args.prefill_probe)][: args.prefill_probe]  # across the tasks
+    _, pre_wall, _ = timed(prefill_only, model, probe)
+    pre = pre_wall / len(probe)
+    new_tokens = sum(len(model.tokenizer.encode(t)) for t in ref) / len(ref)
     same = sum(a == b for a, b in zip(ref, got))
     acc = sum(score(s.metric, t, s.targets) for s, t in zip(samples, got)) / len(samples)
     print(f"naive loop : {ref_wall:7.1f} s wall  {ref_cpu:7.1f} CPU-s")
     print(f"hf backend : {wall:7.1f} s wall  {cpu:7.1f} CPU-s")
     print(f"speed-up   : {ref_wall / wall:.2f}x wall, {ref_cpu / cpu:.2f}x CPU; identical outputs {same}/{len(samples)}; "
           f"score {acc:.3f}")
+    print(f"prefill    : {pre:.2f} s wall per prompt alone ({len(probe)} prompts); the naive loop spends "
+          f"{ref_wall / len(samples):.2f} s per sample, decoding ~{new_tokens:.0f} new tokens on average, so no "
+          f"batching or decoding strategy can exceed {ref_wall / len(samples) / pre:.2f}x here")
 
 
 if __name__ == "__main__":

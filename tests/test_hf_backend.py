@@ -147,3 +147,72 @@ def test_options_and_backends_are_validated(checkpoints):
         load_model("hf", path=str(checkpoints["llama"]), chat_template=True)
     with pytest.raises(UsageError, match="cannot load|not found"):
         load_model("hf", path="/no/such/model")
+
+
+def test_reserved_kv_cache_gives_dynamic_cache_logits_exactly(bpe):
+    """greedy_shrinking's cache writes into reserved room instead of torch.cat: prefill, decode
+    steps and a row dropped mid-way give bit-identical logits to transformers' DynamicCache."""
+    from transformers import AutoModelForCausalLM, DynamicCache, MistralConfig
+
+    from longctx.models.kv_cache import ReservedLayer, reserved_cache
+    from tiny_models import tiny_config
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(tiny_config("llama", len(bpe.hf))).eval()
+    ids = torch.randint(5, len(bpe.hf), (3, 20))
+    mask = torch.ones_like(ids)
+    mask[0, :4] = 0  # a left-padded row
+
+    def run(cache):
+        out, logits = None, []
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        m, rows = mask, torch.arange(3)
+        out = model(input_ids=ids, attention_mask=m, position_ids=positions, past_key_values=cache, use_cache=True)
+        last = positions[:, -1]
+        for step in range(6):
+            nxt = out.logits[:, -1].argmax(-1)
+            logits.append(out.logits[:, -1])
+            if step == 3:  # drop the middle row, as greedy_shrinking does when it ends
+                keep = torch.tensor([0, 2])
+                cache.batch_select_indices(keep)
+                nxt, m, last = nxt[keep], m[keep], last[keep]
+            m, last = torch.cat([m, m.new_ones(m.shape[0], 1)], 1), last + 1
+            out = model(input_ids=nxt[:, None], attention_mask=m, position_ids=last[:, None], past_key_values=cache,
+                        use_cache=True)
+        return logits
+
+    with torch.no_grad():
+        reserved = reserved_cache(model.config, 20 + 6)
+        assert all(isinstance(layer, ReservedLayer) for layer in reserved.layers)
+        got, want = run(reserved), run(DynamicCache(config=model.config))
+    assert all(torch.equal(a, b) for a, b in zip(got, want))
+    with pytest.raises(RuntimeError, match="reserved KV cache"):
+        reserved.layers[0].update(torch.zeros(2, 2, 1, 8), torch.zeros(2, 2, 1, 8))  # past its 26 positions
+    windowed = MistralConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                             intermediate_size=64, sliding_window=8, vocab_size=64)
+    assert not any(isinstance(layer, ReservedLayer) for layer in reserved_cache(windowed, 32).layers)
+
+
+def test_prompts_are_prefilled_alone_into_their_rows(bpe):
+    """prefill_rows: each left-padded prompt is prefilled on its own (as the naive loop does) and
+    its keys and values land at the right of its row, the padding left as zeros."""
+    from transformers import AutoModelForCausalLM, DynamicCache
+
+    from longctx.models.kv_cache import prefill_rows, reserved_cache
+    from tiny_models import tiny_config
+
+    torch.manual_seed(1)
+    model = AutoModelForCausalLM.from_config(tiny_config("llama", len(bpe.hf))).eval()
+    ids = torch.randint(5, len(bpe.hf), (2, 12))
+    mask = torch.ones_like(ids)
+    mask[1, :5] = 0
+    with torch.no_grad():
+        cache = reserved_cache(model.config, 16)
+        logits = prefill_rows(model, ids, mask, cache)
+        alone = DynamicCache(config=model.config)
+        want = model(input_ids=ids[1:, 5:], past_key_values=alone, use_cache=True, logits_to_keep=1).logits[0, -1]
+    assert torch.equal(logits[1], want)
+    layer = cache.layers[0]
+    assert layer.get_seq_length() == 12 and torch.equal(layer.keys[1, :, 5:], alone.layers[0].keys[0])
+    assert not layer.keys[1, :, :5].any()
+    assert prefill_rows(model, ids, mask, DynamicCache(config=model.config)) is None

@@ -58,21 +58,25 @@ def greedy_shrinking(model, ids, mask, max_new: int, eos_ids: set[int]):
 
     transformers' `generate` keeps finished rows in the batch until the longest one ends, so one
     rambling answer makes every row pay for 128 decode steps; here each step costs only the rows
-    still running. Same tokens as `generate` (checked in the tests)."""
+    still running. Each prompt is prefilled alone into a cache with reserved room (kv_cache.py),
+    as the naive loop computes it. Same tokens as `generate` (checked in the tests)."""
     import torch
-    from transformers import DynamicCache
+
+    from .kv_cache import prefill_rows, reserved_cache
 
     batch = ids.shape[0]
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    cache = DynamicCache(config=model.config)
-    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
-                use_cache=True, logits_to_keep=1)
+    cache = reserved_cache(model.config, ids.shape[1] + max_new)
+    logits = prefill_rows(model, ids, mask, cache)
+    if logits is None:  # a cache without reserved room (sliding windows): one padded pass
+        logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
+                       use_cache=True, logits_to_keep=1).logits[:, -1]
     eos = torch.tensor(sorted(eos_ids) or [-1], device=ids.device)
     produced = [[] for _ in range(batch)]
     alive = torch.arange(batch, device=ids.device)  # original row of each batch position
     last_pos = positions[:, -1]
     for k in range(max_new):
-        nxt = out.logits[:, -1].argmax(-1)
+        nxt = logits.argmax(-1)
         for row, token in zip(alive.tolist(), nxt.tolist()):
             produced[row].append(token)
         keep = ~torch.isin(nxt, eos)
@@ -84,6 +88,7 @@ def greedy_shrinking(model, ids, mask, max_new: int, eos_ids: set[int]):
             alive, nxt, mask, last_pos = alive[index], nxt[index], mask[index], last_pos[index]
         mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
         last_pos = last_pos + 1
-        out = model(input_ids=nxt[:, None], attention_mask=mask, position_ids=last_pos[:, None],
-                    past_key_values=cache, use_cache=True)
+        logits = model(input_ids=nxt[:, None], attention_mask=mask, position_ids=last_pos[:, None],
+                       past_key_values=cache, use_cache=True).logits[:, -1]
     return produced
+

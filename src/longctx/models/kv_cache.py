@@ -1,0 +1,99 @@
+"""A KV cache with its room reserved up front, for our greedy decoding loop.
+
+- transformers' DynamicCache grows by `torch.cat`, so every decoded token copies every layer's
+  whole cache: with SmolLM2-135M at batch 8 and 1K-token prompts, that copy was about 45 % of a
+  decode step under the profiler. Writing each new position into reserved room stores the same
+  numbers without the copy.
+- The room lets each prompt be prefilled alone and its keys and values be placed in its row
+  (`prefill_rows`). A left-padded batch prefill is slower on CPU than the same prompts one by
+  one (an explicit padding mask instead of the causal kernel: 1.85 vs 1.54 s per 1K prompt,
+  measured), and a prompt prefilled alone is computed exactly as the naive loop computes it.
+"""
+
+from __future__ import annotations
+
+from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
+
+
+class ReservedLayer(DynamicLayer):
+    """A full-attention cache layer writing into room for `capacity` positions; `keys` and
+    `values` are views of the filled part, so transformers reads them as it reads DynamicLayer's."""
+
+    def __init__(self, capacity: int):
+        super().__init__()
+        self.capacity, self.length = capacity, 0
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        if not self.is_initialized:
+            self.dtype, self.device = key_states.dtype, key_states.device
+            batch, heads = key_states.shape[:2]
+            self._keys = key_states.new_empty(batch, heads, self.capacity, key_states.shape[-1])
+            self._values = value_states.new_empty(batch, heads, self.capacity, value_states.shape[-1])
+            self.is_initialized = True
+        end = self.length + key_states.shape[-2]
+        if end > self.capacity:
+            raise RuntimeError(f"reserved KV cache of {self.capacity} positions asked to hold {end}")
+        self._keys[:, :, self.length:end] = key_states
+        self._values[:, :, self.length:end] = value_states
+        self.length = end
+        self._expose()
+        return self.keys, self.values
+
+    def place(self, row: int, rows: int, offset: int, keys, values) -> None:
+        """Put one prompt's keys and values [1, H, n, D] in `row` of `rows`, from position
+        `offset` on (the positions before it are left padding: zeros, masked out)."""
+        if not self.is_initialized:
+            self.dtype, self.device = keys.dtype, keys.device
+            self._keys = keys.new_zeros(rows, keys.shape[1], self.capacity, keys.shape[-1])
+            self._values = values.new_zeros(rows, values.shape[1], self.capacity, values.shape[-1])
+            self.is_initialized = True
+        end = offset + keys.shape[-2]
+        self._keys[row, :, offset:end] = keys[0]
+        self._values[row, :, offset:end] = values[0]
+        self.length = max(self.length, end)
+        self._expose()
+
+    def batch_select_indices(self, indices) -> None:
+        if self.is_initialized:
+            self._keys, self._values = self._keys[indices], self._values[indices]
+            self._expose()
+
+    def _expose(self) -> None:
+        self.keys, self.values = self._keys[:, :, :self.length], self._values[:, :, :self.length]
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        raise NotImplementedError("a reserved cache is never repeated (it serves greedy decoding only)")
+
+    def crop(self, tokens_to_remove: int) -> None:
+        raise NotImplementedError("a reserved cache is never cropped (it serves greedy decoding only)")
+
+
+def reserved_cache(config, capacity: int) -> DynamicCache:
+    """The model's DynamicCache with room for `capacity` positions in every layer, when all its
+    layers are plain full-attention ones; otherwise (sliding windows, recurrent layers) the
+    DynamicCache unchanged."""
+    cache = DynamicCache(config=config)
+    if cache.layers and all(type(layer) is DynamicLayer for layer in cache.layers):
+        cache.layers = [ReservedLayer(capacity) for _ in cache.layers]
+    return cache
+
+
+def prefill_rows(model, ids, mask, cache: DynamicCache):
+    """Prefill a left-padded batch `ids` [B, W] one prompt at a time into `cache` (from
+    `reserved_cache`); returns the last-position logits [B, V], or None when the cache is not a
+    reserved one (the caller then prefills the batch in one pass)."""
+    import torch
+
+    if not all(isinstance(layer, ReservedLayer) for layer in cache.layers):
+        return None
+    rows, width = ids.shape
+    logits = []
+    for i in range(rows):
+        offset = width - int(mask[i].sum())
+        alone = DynamicCache(config=model.config)
+        out = model(input_ids=ids[i:i + 1, offset:], past_key_values=alone, use_cache=True, logits_to_keep=1)
+        for layer, own in zip(cache.layers, alone.layers):
+            layer.place(i, rows, offset, own.keys, own.values)
+        logits.append(out.logits[:, -1])
+    return torch.cat(logits)
