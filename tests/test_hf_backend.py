@@ -164,9 +164,9 @@ def test_reserved_kv_cache_gives_dynamic_cache_logits_exactly(bpe):
     mask[0, :4] = 0  # a left-padded row
 
     def run(cache):
-        out, logits = None, []
+        logits = []
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        m, rows = mask, torch.arange(3)
+        m = mask
         out = model(input_ids=ids, attention_mask=m, position_ids=positions, past_key_values=cache, use_cache=True)
         last = positions[:, -1]
         for step in range(6):
