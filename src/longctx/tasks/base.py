@@ -9,7 +9,6 @@ steps: no loop here can spin forever.
 from __future__ import annotations
 
 import bisect
-import math
 import random
 import re
 from dataclasses import dataclass, field
@@ -231,7 +230,7 @@ def fit_size(build: Callable[[int], Draft], lo: int, hi: int, hint: int, budget:
         low, high = (lo if good is None else good + 1), (hi if bad is None else bad - 1)
         if slope <= 0 or low > high:
             break
-        target = min(max(a + math.floor((budget - built[a].tokens) / slope), low), high)
+        target = min(max(a + round((budget - built[a].tokens) / slope), low), high)
         if target in built:
             break
         probe(target)

@@ -164,20 +164,28 @@ class _EssayUnits:
         self.words = list(accumulate(essays.word_counts, initial=0))
 
     def hint(self, start: int, room: int, counter) -> int | None:
-        """Words in the whole sentences from `start` whose tokens fit `room` (None if the window
+        """Words from sentence `start` on whose tokens fit `room`: the whole sentences that fit, plus
+        the share of the next one that its own tokens per word would fill (None if the window
         would wrap around the corpus: the caller's own hint is used then)."""
         cum = counter.table(self.seq)
         base = cum[start + 1]  # cum[i] sums the sentences 1..i-1 after their predecessors
         k = bisect.bisect_right(cum, base + room, lo=start + 1) - 1  # sentences start..k-1
-        if k >= len(self.seq):
+        if k + 1 >= len(self.seq):
             return None
-        return self.words[k] - self.words[start]
+        words = self.words[k + 1] - self.words[k]
+        left, cost = base + room - cum[k], cum[k + 1] - cum[k]
+        return self.words[k] - self.words[start] + (min(words, left * words // cost) if cost > 0 else 0)
 
     def tokens(self, start: int, n_words: int, counter) -> int:
-        """Approximate tokens of the whole sentences in a window (the table's sums)."""
+        """Approximate tokens of a window: its whole sentences (the table's sums) and the share of
+        the truncated last one, by the same rule as `hint`."""
         k = min(bisect.bisect_right(self.words, self.words[start] + n_words) - 1, len(self.seq))
         cum = counter.table(self.seq)
-        return cum[k] - cum[start + 1] if k > start else 0
+        whole = cum[k] - cum[start + 1] if k > start else 0
+        if k + 1 >= len(self.seq) or k < start:
+            return whole
+        words, cost = self.words[k + 1] - self.words[k], cum[k + 1] - cum[k]
+        return whole + (self.words[start] + n_words - self.words[k]) * cost // words if words else whole
 
     def window(self, start: int, n_words: int) -> list[Run | str]:
         """The first n_words words from sentence `start` on (wrapping around), last sentence truncated."""
