@@ -313,10 +313,11 @@ class PieceCounter:
             else:
                 texts.append(k[0] + k[1])
                 bases.append(k[0])
-        full = self.tok.count_raw_many(texts)
         base_counts = self._bases  # left tails recur (" 0.", a common word): each is counted once
         new = [b for b in dict.fromkeys(bases) if b not in base_counts]
-        base_counts.update(zip(new, self.tok.count_raw_many(new)))
+        counted = self.tok.count_raw_many(texts + new)  # one call: most calls are a few short texts
+        full = counted[:len(texts)]
+        base_counts.update(zip(new, counted[len(texts):]))
         for k, n, b in zip(missing, full, bases):
             self._memo[k] = n - base_counts[b] if b else n
 
