@@ -216,3 +216,35 @@ def test_prompts_are_prefilled_alone_into_their_rows(bpe):
     assert layer.get_seq_length() == 12 and torch.equal(layer.keys[1, :, 5:], alone.layers[0].keys[0])
     assert not layer.keys[1, :, :5].any()
     assert prefill_rows(model, ids, mask, DynamicCache(config=model.config)) is None
+
+
+def test_continuous_batching_refills_rows_and_equals_naive(checkpoints, bpe, monkeypatch):
+    """More prompts than batch rows: each row takes the next prompt when its answer ends, and the
+    cache drops columns no running row needs when its room runs out; tokens equal the naive loop's."""
+    from transformers import GenerationConfig
+
+    from longctx.models import stateful
+    from longctx.models.kv_cache import ReservedLayer
+
+    model = load_model("hf", path=str(checkpoints["llama"]), batch_size=2)
+    prompts = PROMPTS + ["two one " * 9, "sky grass " * 12 + "1234", "three " * 5]
+    first = model.generate(prompts[:1], GenParams(max_new_tokens=12))[0].text
+    common = bpe.encode(first)[-1] if bpe.encode(first) else 5  # a frequent token ends some answers early
+    model.eos_ids = {2, common}
+    model.model.generation_config = GenerationConfig(eos_token_id=[2, common], pad_token_id=2)
+    calls, shifts = [], []
+    real_continuous, real_shift = stateful.greedy_continuous, ReservedLayer.shift
+    monkeypatch.setattr("longctx.models.hf.greedy_continuous",
+                        lambda *a, **k: calls.append(len(a[1])) or real_continuous(*a, **k))
+    monkeypatch.setattr(ReservedLayer, "shift", lambda self, m: shifts.append(m) or real_shift(self, m))
+    got = model.generate(prompts, GenParams(max_new_tokens=12))
+    assert [c.text for c in got] == [naive(model.model, bpe, p, 12) for p in prompts]
+    assert len({c.output_tokens for c in got}) > 1 and calls and sum(calls) == len(prompts)
+    assert shifts and min(shifts) > 12  # the room ran out and more than max_new columns were freed
+
+
+def test_length_bands_keep_unlike_lengths_apart():
+    from longctx.models.hf import _length_bands
+
+    encoded = [[0] * n for n in (100, 110, 130, 1000, 1200, 5000)]
+    assert _length_bands(list(range(6)), encoded) == [[0, 1, 2], [3, 4], [5]]

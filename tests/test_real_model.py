@@ -27,3 +27,22 @@ def test_smollm2_retrieves_needles_at_1k_and_2k(data_dir):
         scores = [score(s.metric, c.text, s.targets) for s, c in zip(samples, out)]
         print(f"SmolLM2 niah_single_1 @ {length}: {sum(scores) / N:.2f}", [c.text[:30] for c in out])
         assert sum(scores) / N >= 0.5, (length, [c.text for c in out], [s.targets for s in samples])
+
+
+def test_continuous_batching_matches_one_prompt_at_a_time_on_smollm2():
+    """A real model is sensitive to every position id and mask column (a tiny random one is not):
+    more prompts than batch rows, refilled as answers end, give the naive loop's exact tokens."""
+    import torch
+
+    model = load_model("hf", path=str(default_tokenizer()), batch_size=2)
+    prompts = ["The capital of France is", "Counting: one, two, three,", "def add(a, b):\n    return",
+               "The special magic number for apple is 4417. The special magic number for apple is",
+               "Water boils at a temperature of"]
+    got = [c.text for c in model.generate(prompts, GenParams(max_new_tokens=10))]
+    want = []
+    for p in prompts:
+        ids = torch.tensor([model.tokenizer.encode(p)])
+        out = model.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=10, do_sample=False,
+                                   pad_token_id=model.pad_id)
+        want.append(model.tokenizer.decode(out[0, ids.shape[1]:].tolist()))
+    assert got == want

@@ -20,7 +20,7 @@ from typing import Sequence
 from ..errors import UsageError
 from ..tokenizer import Tokenizer, _file_sha256, default_cache_dir, load_tokenizer
 from .base import Completion, GenParams, cut_at_stop, triage
-from .stateful import STATEFUL_FAMILIES, greedy_shrinking, greedy_stateful
+from .stateful import STATEFUL_FAMILIES, greedy_continuous, greedy_shrinking, greedy_stateful
 
 # Pure attention decoders whose KV cache can drop finished rows mid-batch (tested per family).
 SHRINKABLE = {"llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "phi3", "olmo", "olmo2",
@@ -89,6 +89,19 @@ class HFModel:
 
         encoded = [self.tokenizer.encode(p) for p in prompts]
         results, todo = triage(encoded, params.max_new_tokens, self.max_context)
+        if self._continuous(todo, encoded):
+            for band in _length_bands(sorted(todo, key=lambda i: len(encoded[i])), encoded):
+                start = time.perf_counter()
+                with torch.no_grad():
+                    rows = greedy_continuous(self.model, [encoded[i] for i in band], params.max_new_tokens,
+                                             self.eos_ids, self._max_batch)
+                if rows is None:  # no reserved cache room (sliding windows): fixed batches below
+                    break
+                share = (time.perf_counter() - start) / len(band)
+                for i, new_ids in zip(band, rows):
+                    text = cut_at_stop(self.tokenizer.decode(new_ids), params.stop)
+                    results[i] = Completion(text, len(encoded[i]), len(new_ids), share)
+                todo = [i for i in todo if results[i] is None]
         for batch in self._batches(todo, encoded):
             start = time.perf_counter()
             with torch.no_grad():  # local: the lab trains in the process that evaluated before
@@ -98,6 +111,12 @@ class HFModel:
                 text = cut_at_stop(self.tokenizer.decode(new_ids), params.stop)
                 results[i] = Completion(text, len(encoded[i]), len(new_ids), share)
         return results  # type: ignore[return-value]
+
+    def _continuous(self, todo: list[int], encoded: list[list[int]]) -> bool:
+        """Whether these prompts go through continuous batching (stateful.greedy_continuous):
+        attention models on the CPU whose prompts are not prefilled in chunks."""
+        return (self._shrinks and self.device == "cpu" and len(todo) > 1
+                and not (self.prefill_chunk and max(len(encoded[i]) for i in todo) > self.prefill_chunk))
 
     @property
     def _max_batch(self) -> int:
@@ -142,6 +161,18 @@ class HFModel:
                                   num_beams=1, pad_token_id=self.pad_id, eos_token_id=sorted(self.eos_ids),
                                   top_k=None, top_p=None, temperature=None, **extra)[:, width:]
         return [_until_eos(row.tolist(), self.eos_ids) for row in out]
+
+
+def _length_bands(order: list[int], encoded: list[list[int]]) -> list[list[int]]:
+    """Prompts (sorted by length) in bands of similar length: in continuous batching every row
+    attends over the band's longest prompt's columns, so a 1K prompt never shares with a 16K one."""
+    bands: list[list[int]] = []
+    for i in order:
+        if bands and len(encoded[i]) <= 1.25 * len(encoded[bands[-1][0]]) + 64:
+            bands[-1].append(i)
+        else:
+            bands.append([i])
+    return bands
 
 
 def _until_eos(ids: list[int], eos: set[int]) -> list[int]:

@@ -54,6 +54,16 @@ class ReservedLayer(DynamicLayer):
         self.length = max(self.length, end)
         self._expose()
 
+    def shift(self, m: int) -> None:
+        """Drop the first `m` positions of every row (all of them padding or finished rows'),
+        moving the rest to the front; keys carry their rotary positions, so nothing else changes."""
+        if self.is_initialized and m > 0:
+            keep = self.length - m
+            self._keys[:, :, :keep] = self._keys[:, :, m:self.length].clone()
+            self._values[:, :, :keep] = self._values[:, :, m:self.length].clone()
+            self.length = keep
+            self._expose()
+
     def batch_select_indices(self, indices) -> None:
         if self.is_initialized:
             self._keys, self._values = self._keys[indices], self._values[indices]

@@ -92,3 +92,87 @@ def greedy_shrinking(model, ids, mask, max_new: int, eos_ids: set[int]):
                        past_key_values=cache, use_cache=True).logits[:, -1]
     return produced
 
+
+
+def greedy_continuous(model, rows: list[list[int]], max_new: int, eos_ids: set[int], slots: int):
+    """Argmax decoding of many prompts through `slots` batch rows, each row refilled with the next
+    prompt as soon as its answer ends (continuous batching), on the CPU.
+
+    With a fixed batch, a batch pays as many decode steps as its longest (often rambling) answer,
+    and each step costs about the model's weight reads whatever the number of rows still running;
+    refilling keeps every step full. Each prompt is prefilled alone and placed so that it ends at
+    the column the batch writes next; the columns before it are masked, its own position ids
+    count from 0, and when the cache room runs out the columns no running row needs are dropped
+    (`ReservedLayer.shift`). Same tokens as `generate` one prompt at a time (checked in the tests).
+    Returns None when the model's cache has no reserved room (sliding windows): the caller
+    then batches as before."""
+    from collections import deque
+
+    import torch
+    from transformers import DynamicCache
+
+    from .kv_cache import ReservedLayer, reserved_cache
+
+    width = max(len(r) for r in rows)
+    capacity = width + 2 * max_new + 1  # a shift then always frees more than max_new columns
+    cache = reserved_cache(model.config, capacity)
+    if not all(isinstance(layer, ReservedLayer) for layer in cache.layers):
+        return None
+    eos = set(eos_ids)
+    queue = deque(range(len(rows)))
+    produced: list[list[int]] = [[] for _ in rows]
+    n = min(slots, len(rows))
+    owner = [-1] * n  # the prompt each slot is decoding
+    mask = torch.zeros(n, capacity, dtype=torch.long)
+    positions = torch.zeros(n, dtype=torch.long)
+    col = width  # the cache column the next decode step writes
+
+    def admit(slot: int):
+        """Prefill the next prompt alone into `slot`, ending at `col`; its last-position logits."""
+        r = queue.popleft()
+        alone = DynamicCache(config=model.config)
+        out = model(input_ids=torch.tensor([rows[r]]), past_key_values=alone, use_cache=True, logits_to_keep=1)
+        start = col - len(rows[r])
+        for layer, own in zip(cache.layers, alone.layers):
+            layer.place(slot, n, start, own.keys, own.values)
+        mask[slot] = 0
+        mask[slot, start:col] = 1
+        positions[slot] = len(rows[r]) - 1
+        owner[slot] = r
+        return out.logits[0, -1]
+
+    logits = [admit(s) for s in range(n)]
+    while True:
+        nxt = [0] * n
+        for s in range(n):
+            while owner[s] >= 0:
+                token = int(logits[s].argmax())
+                r = owner[s]
+                produced[r].append(token)
+                if token not in eos and len(produced[r]) < max_new:
+                    nxt[s] = token
+                    break
+                owner[s] = -1  # done: the slot takes the next prompt, whose first token is decided now
+                if queue:
+                    logits[s] = admit(s)
+        live = [s for s in range(n) if owner[s] >= 0]
+        if not live:
+            return produced
+        if len(live) < n:  # only when the queue is empty: the batch shrinks
+            index = torch.tensor(live)
+            cache.batch_select_indices(index)
+            mask, positions = mask[index], positions[index]
+            owner, nxt, n = [owner[s] for s in live], [nxt[s] for s in live], len(live)
+        if col == capacity:  # drop the columns before every running row's first and the next prompt's room
+            first = int(mask[:, :col].argmax(dim=1).min())
+            m = min(first, col - max((len(rows[r]) for r in queue), default=0))
+            for layer in cache.layers:
+                layer.shift(m)
+            mask = torch.cat([mask[:, m:], mask.new_zeros(n, m)], dim=1)
+            col -= m
+        mask[:, col] = 1
+        positions += 1
+        out = model(input_ids=torch.tensor(nxt)[:, None], attention_mask=mask[:, :col + 1],
+                    position_ids=positions[:, None], past_key_values=cache, use_cache=True)
+        col += 1
+        logits = list(out.logits[:, -1])
