@@ -4,8 +4,9 @@ Speed and memory care, all checked against transformers' own `generate` in the t
 - prompts are sorted by token count and batched, so left padding stays within a few tokens;
   families whose state is corrupted by padding (RWKV) are batched only with equal lengths;
 - only the last position's logits are computed on prefill (`logits_to_keep=1`);
-- attention models decode from a KV cache with reserved room (no copy per token), each prompt
-  prefilled alone on the CPU, and drop finished rows (`kv_cache.py`, `stateful.greedy_shrinking`);
+- attention models decode from a KV cache with reserved room (no copy per token); on the CPU
+  they batch continuously, each prompt prefilled alone and a row refilled as soon as its answer
+  ends (`stateful.greedy_continuous`); elsewhere finished rows leave the batch (`greedy_shrinking`);
 - recurrent and hybrid models prefill in chunks, so peak memory does not grow with the prompt:
   transformers' own `prefill_chunk_size` for the hybrids it supports, and `stateful.py`'s
   loop for Mamba2 and RWKV, whose caches transformers cannot chunk.
