@@ -41,11 +41,12 @@ def test_family_batched_chunked_equals_naive_uncached(family, checkpoints, bpe):
 
 
 def test_attention_batches_drop_finished_rows_and_equal_naive(checkpoints, bpe):
-    """Llama batches decode with rows leaving the batch as they end (greedy_shrinking)."""
+    """Off the CPU, Llama batches decode with rows leaving the batch as they end (greedy_shrinking)."""
     from transformers import GenerationConfig
 
     model = load_model("hf", path=str(checkpoints["llama"]), batch_size=4)
     assert model.prefill_chunk is None and model._shrinks
+    model._continuous = lambda todo, encoded: False  # the fixed-batch path (off the CPU)
     # Make a frequent token an end token, so rows end at different steps.
     first = [c.text for c in model.generate(PROMPTS, GenParams(max_new_tokens=12))]
     common = bpe.encode(first[0])[-1] if bpe.encode(first[0]) else 5
@@ -193,29 +194,28 @@ def test_reserved_kv_cache_gives_dynamic_cache_logits_exactly(bpe):
     assert not any(isinstance(layer, ReservedLayer) for layer in reserved_cache(windowed, 32).layers)
 
 
-def test_prompts_are_prefilled_alone_into_their_rows(bpe):
-    """prefill_rows: each left-padded prompt is prefilled on its own (as the naive loop does) and
-    its keys and values land at the right of its row, the padding left as zeros."""
+def test_reserved_rows_take_a_prompt_placed_alone_and_shift_left(bpe):
+    """ReservedLayer.place puts one prompt's keys at the right of its row (padding stays zeros);
+    shift drops leading columns of every row and keeps the rest in order."""
     from transformers import AutoModelForCausalLM, DynamicCache
 
-    from longctx.models.kv_cache import prefill_rows, reserved_cache
+    from longctx.models.kv_cache import reserved_cache
     from tiny_models import tiny_config
 
     torch.manual_seed(1)
     model = AutoModelForCausalLM.from_config(tiny_config("llama", len(bpe.hf))).eval()
-    ids = torch.randint(5, len(bpe.hf), (2, 12))
-    mask = torch.ones_like(ids)
-    mask[1, :5] = 0
+    ids = torch.randint(5, len(bpe.hf), (1, 7))
     with torch.no_grad():
-        cache = reserved_cache(model.config, 16)
-        logits = prefill_rows(model, ids, mask, cache)
         alone = DynamicCache(config=model.config)
-        want = model(input_ids=ids[1:, 5:], past_key_values=alone, use_cache=True, logits_to_keep=1).logits[0, -1]
-    assert torch.equal(logits[1], want)
-    layer = cache.layers[0]
-    assert layer.get_seq_length() == 12 and torch.equal(layer.keys[1, :, 5:], alone.layers[0].keys[0])
-    assert not layer.keys[1, :, :5].any()
-    assert prefill_rows(model, ids, mask, DynamicCache(config=model.config)) is None
+        model(input_ids=ids, past_key_values=alone, use_cache=True)
+    cache = reserved_cache(model.config, 16)
+    layer, own = cache.layers[0], alone.layers[0]
+    layer.place(1, 2, 5, own.keys, own.values)  # row 1 of 2, columns 5..11
+    assert layer.get_seq_length() == 12 and torch.equal(layer.keys[1, :, 5:], own.keys[0])
+    assert not layer.keys[1, :, :5].any() and not layer.keys[0].any()
+    layer.shift(4)
+    assert layer.get_seq_length() == 8 and torch.equal(layer.keys[1, :, 1:], own.keys[0])
+    assert torch.equal(layer.values[1, :, 1:], own.values[0])
 
 
 def test_continuous_batching_refills_rows_and_equals_naive(checkpoints, bpe, monkeypatch):

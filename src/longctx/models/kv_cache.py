@@ -4,10 +4,11 @@
   whole cache: with SmolLM2-135M at batch 8 and 1K-token prompts, that copy was about 45 % of a
   decode step under the profiler. Writing each new position into reserved room stores the same
   numbers without the copy.
-- On the CPU, the room lets each prompt be prefilled alone and its keys and values be placed in
-  its row (`prefill_rows`). A left-padded batch prefill is slower there than the same prompts one by
-  one (an explicit padding mask instead of the causal kernel: 1.85 vs 1.54 s per 1K prompt,
-  measured), and a prompt prefilled alone is computed exactly as the naive loop computes it.
+- The room lets a prompt prefilled alone be placed in its row (`place`), and lets continuous
+  batching drop columns no running row needs (`shift`); see `stateful.greedy_continuous`. On the
+  CPU a left-padded batch prefill is slower than the same prompts one by one (an explicit padding
+  mask instead of the causal kernel: 1.85 vs 1.54 s per 1K prompt, measured), and a prompt
+  prefilled alone is computed exactly as the naive loop computes it.
 """
 
 from __future__ import annotations
@@ -88,22 +89,3 @@ def reserved_cache(config, capacity: int) -> DynamicCache:
         cache.layers = [ReservedLayer(capacity) for _ in cache.layers]
     return cache
 
-
-def prefill_rows(model, ids, mask, cache: DynamicCache):
-    """Prefill a left-padded batch `ids` [B, W] one prompt at a time into `cache` (from
-    `reserved_cache`); returns the last-position logits [B, V], or None when the cache is not a
-    reserved one or the batch is not on the CPU (the caller then prefills it in one pass)."""
-    import torch
-
-    if ids.device.type != "cpu" or not all(isinstance(layer, ReservedLayer) for layer in cache.layers):
-        return None  # measured on CPU only; a GPU is better served by one batched pass
-    rows, width = ids.shape
-    logits = []
-    for i in range(rows):
-        offset = width - int(mask[i].sum())
-        alone = DynamicCache(config=model.config)
-        out = model(input_ids=ids[i:i + 1, offset:], past_key_values=alone, use_cache=True, logits_to_keep=1)
-        for layer, own in zip(cache.layers, alone.layers):
-            layer.place(i, rows, offset, own.keys, own.values)
-        logits.append(out.logits[:, -1])
-    return torch.cat(logits)

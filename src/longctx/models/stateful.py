@@ -58,19 +58,17 @@ def greedy_shrinking(model, ids, mask, max_new: int, eos_ids: set[int]):
 
     transformers' `generate` keeps finished rows in the batch until the longest one ends, so one
     rambling answer makes every row pay for 128 decode steps; here each step costs only the rows
-    still running. Each prompt is prefilled alone into a cache with reserved room (kv_cache.py),
-    as the naive loop computes it. Same tokens as `generate` (checked in the tests)."""
+    still running, and the cache has its room reserved (kv_cache.py). Used where continuous
+    batching is not (off the CPU). Same tokens as `generate` (checked in the tests)."""
     import torch
 
-    from .kv_cache import prefill_rows, reserved_cache
+    from .kv_cache import reserved_cache
 
     batch = ids.shape[0]
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     cache = reserved_cache(model.config, ids.shape[1] + max_new)
-    logits = prefill_rows(model, ids, mask, cache)
-    if logits is None:  # a cache without reserved room (sliding windows): one padded pass
-        logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
-                       use_cache=True, logits_to_keep=1).logits[:, -1]
+    logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
+                   use_cache=True, logits_to_keep=1).logits[:, -1]
     eos = torch.tensor(sorted(eos_ids) or [-1], device=ids.device)
     produced = [[] for _ in range(batch)]
     alive = torch.arange(batch, device=ids.device)  # original row of each batch position
