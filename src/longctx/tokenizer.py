@@ -334,9 +334,13 @@ class PieceCounter:
             group.append(p)
             size += len(p)
         groups.append(group)
+
+        def alone(ps: list[str]) -> list[int]:
+            return [n - self._anchor for n in self.tok.count_raw_many([ANCHOR + p for p in ps])]
+
         starts_per_text = self.tok.token_starts_many([ANCHOR + "".join(g) for g in groups])
         if starts_per_text is None:
-            return [n - self._anchor for n in self.tok.count_raw_many([ANCHOR + p for p in pieces])]
+            return alone(pieces)
         out: list[int] = []
         for g, token_starts in zip(groups, starts_per_text):
             bounds = np.cumsum([len(ANCHOR)] + [len(p) for p in g[:-1]])
@@ -345,7 +349,7 @@ class PieceCounter:
             if counts[0] == self._anchor and counts[1:].all():
                 out += counts[1:].tolist()
             else:
-                out += [n - self._anchor for n in self.tok.count_raw_many([ANCHOR + p for p in g])]
+                out += alone(g)
         return out
 
     def total(self, pieces: Sequence) -> int:

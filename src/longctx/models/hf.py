@@ -98,20 +98,22 @@ class HFModel:
                                              self.eos_ids, self._max_batch)
                 if rows is None:  # no reserved cache room (sliding windows): fixed batches below
                     break
-                share = (time.perf_counter() - start) / len(band)
-                for i, new_ids in zip(band, rows):
-                    text = cut_at_stop(self.tokenizer.decode(new_ids), params.stop)
-                    results[i] = Completion(text, len(encoded[i]), len(new_ids), share)
+                self._record(results, band, rows, encoded, params, start)
                 todo = [i for i in todo if results[i] is None]
         for batch in self._batches(todo, encoded):
             start = time.perf_counter()
             with torch.no_grad():  # local: the lab trains in the process that evaluated before
                 rows = self._generate_batch([encoded[i] for i in batch], params.max_new_tokens)
-            share = (time.perf_counter() - start) / len(batch)
-            for i, new_ids in zip(batch, rows):
-                text = cut_at_stop(self.tokenizer.decode(new_ids), params.stop)
-                results[i] = Completion(text, len(encoded[i]), len(new_ids), share)
+            self._record(results, batch, rows, encoded, params, start)
         return results  # type: ignore[return-value]
+
+    def _record(self, results: list, indices: list[int], rows: list[list[int]], encoded: list[list[int]],
+                params: GenParams, start: float) -> None:
+        """Completions of the prompts `indices` from their new token ids, sharing the time since `start`."""
+        share = (time.perf_counter() - start) / len(indices)
+        for i, new_ids in zip(indices, rows):
+            text = cut_at_stop(self.tokenizer.decode(new_ids), params.stop)
+            results[i] = Completion(text, len(encoded[i]), len(new_ids), share)
 
     def _continuous(self, todo: list[int], encoded: list[list[int]]) -> bool:
         """Whether these prompts go through continuous batching (stateful.greedy_continuous):

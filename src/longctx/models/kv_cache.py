@@ -25,13 +25,17 @@ class ReservedLayer(DynamicLayer):
         super().__init__()
         self.capacity, self.length = capacity, 0
 
-    def update(self, key_states, value_states, *args, **kwargs):
+    def _reserve(self, rows: int, keys, values) -> None:
+        """Allocate the room on first use, shaped after one update's keys and values [., H, ., D]
+        (zeros: a row's unwritten columns are padding, masked out)."""
         if not self.is_initialized:
-            self.dtype, self.device = key_states.dtype, key_states.device
-            batch, heads = key_states.shape[:2]
-            self._keys = key_states.new_empty(batch, heads, self.capacity, key_states.shape[-1])
-            self._values = value_states.new_empty(batch, heads, self.capacity, value_states.shape[-1])
+            self.dtype, self.device = keys.dtype, keys.device
+            self._keys = keys.new_zeros(rows, keys.shape[1], self.capacity, keys.shape[-1])
+            self._values = values.new_zeros(rows, values.shape[1], self.capacity, values.shape[-1])
             self.is_initialized = True
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        self._reserve(key_states.shape[0], key_states, value_states)
         end = self.length + key_states.shape[-2]
         if end > self.capacity:
             raise RuntimeError(f"reserved KV cache of {self.capacity} positions asked to hold {end}")
@@ -44,11 +48,7 @@ class ReservedLayer(DynamicLayer):
     def place(self, row: int, rows: int, offset: int, keys, values) -> None:
         """Put one prompt's keys and values [1, H, n, D] in `row` of `rows`, from position
         `offset` on (the positions before it are left padding: zeros, masked out)."""
-        if not self.is_initialized:
-            self.dtype, self.device = keys.dtype, keys.device
-            self._keys = keys.new_zeros(rows, keys.shape[1], self.capacity, keys.shape[-1])
-            self._values = values.new_zeros(rows, values.shape[1], self.capacity, values.shape[-1])
-            self.is_initialized = True
+        self._reserve(rows, keys, values)
         end = offset + keys.shape[-2]
         self._keys[row, :, offset:end] = keys[0]
         self._values[row, :, offset:end] = values[0]
@@ -88,4 +88,3 @@ def reserved_cache(config, capacity: int) -> DynamicCache:
     if cache.layers and all(type(layer) is DynamicLayer for layer in cache.layers):
         cache.layers = [ReservedLayer(capacity) for _ in cache.layers]
     return cache
-

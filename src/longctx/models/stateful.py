@@ -91,7 +91,6 @@ def greedy_shrinking(model, ids, mask, max_new: int, eos_ids: set[int]):
     return produced
 
 
-
 def greedy_continuous(model, rows: list[list[int]], max_new: int, eos_ids: set[int], slots: int):
     """Argmax decoding of many prompts through `slots` batch rows, each row refilled with the next
     prompt as soon as its answer ends (continuous batching), on the CPU.
@@ -116,7 +115,6 @@ def greedy_continuous(model, rows: list[list[int]], max_new: int, eos_ids: set[i
     cache = reserved_cache(model.config, capacity)
     if not all(isinstance(layer, ReservedLayer) for layer in cache.layers):
         return None
-    eos = set(eos_ids)
     queue = deque(range(len(rows)))
     produced: list[list[int]] = [[] for _ in rows]
     n = min(slots, len(rows))
@@ -147,7 +145,7 @@ def greedy_continuous(model, rows: list[list[int]], max_new: int, eos_ids: set[i
                 token = int(logits[s].argmax())
                 r = owner[s]
                 produced[r].append(token)
-                if token not in eos and len(produced[r]) < max_new:
+                if token not in eos_ids and len(produced[r]) < max_new:
                     nxt[s] = token
                     break
                 owner[s] = -1  # done: the slot takes the next prompt, whose first token is decided now

@@ -125,9 +125,9 @@ def generate(spec: TaskSpec, length: int, ttg: int, index: int, rng: random.Rand
         hint = units.hint(starts[0], budget - state["overhead"], ctx.counter) or hint
     n, draft = fit_size(build, 0, n_max, hint, budget, what)
     state["hint"] = n
-    if p["haystack"] == "essay":  # prompt tokens besides the window's sentences, for the next hint
-        state["overhead"] = draft.tokens - units.tokens(starts[0], n, ctx.counter)
     if p["haystack"] == "essay":
+        # prompt tokens besides the window's sentences, for the next hint
+        state["overhead"] = draft.tokens - units.tokens(starts[0], n, ctx.counter)
         for start in starts[1:]:
             if filled(draft, length, ttg):
                 break
