@@ -145,8 +145,35 @@ def test_training_is_deterministic_and_resumes_to_the_same_weights(lab_tok, tmp_
     assert curve[0] == "step,loss,accuracy,cpu_seconds" and len(curve) == 5
 
 
+@pytest.mark.parametrize("name", ["llama", "bamba", "recurrentgemma", "sliding", "mamba2"])
+def test_rope_theta_reaches_every_rotary_layer(name):
+    from transformers import AutoModelForCausalLM
+
+    cfg, _ = fit_family(name, 500, 64, 120_000, 256, IDS, rope_theta=500)
+    model = AutoModelForCausalLM.from_config(cfg)
+    rotary = [m for m in model.modules() if hasattr(m, "inv_freq")]
+    if name == "mamba2":  # no rotary layers: the setting does not apply
+        assert rotary == []
+        return
+    assert rotary
+    for module in rotary:  # inv_freq[i] = theta^(-2i/dim), over the rotary part of each head
+        dim = 2 * module.inv_freq.numel()
+        expected = 500.0 ** (-torch.arange(0, dim, 2, dtype=torch.float) / dim)
+        assert torch.allclose(module.inv_freq, expected), name
+    default, _ = fit_family(name, 500, 64, 120_000, 256, IDS)
+    assert default.rope_parameters["rope_theta"] == 10000.0
+
+
+def test_rope_theta_is_part_of_the_training_identity():
+    raw = {"name": "t", "families": ["llama"], "formats": FORMATS}
+    base, low = parse_lab_spec(raw), parse_lab_spec(raw | {"rope_theta": 500})
+    assert base.rope_theta is None and low.rope_theta == 500.0
+    assert base.training_identity() != low.training_identity()
+
+
 @pytest.mark.parametrize("change, message", [
     ({"colour": 1}, "unknown key 'colour'"),
+    ({"rope_theta": -1}, "rope_theta must be a positive number"),
     ({"families": ["llama", "gpt5"]}, "unknown lab family 'gpt5'"),
     ({"families": ["llama", "llama"]}, "must be distinct"),
     ({"train": {"steps": 0}}, "steps must be an integer of at least 1"),

@@ -21,29 +21,30 @@ class Family:
     name: str
     label: str  # how the study names the architecture
     kind: str  # attention | recurrent | hybrid
-    build: Callable  # (vocab, hidden, knob, train_length, special ids) -> config
+    build: Callable  # (vocab, hidden, knob, train_length, special ids, **rope) -> config
     knobs: range
     cost: float  # CPU seconds per training step measured here (batch 16, ~190 tokens): longest first
+    rotary: bool = False  # has rotary attention layers, so it takes the spec's rope_theta
 
 
-def _llama(vocab, d, knob, train_length, ids, **kw):
+def _llama(vocab, d, knob, train_length, ids, **rope):
     from transformers import LlamaConfig
 
     # Four layers: at this size two-layer models found the retrieval circuit in some seeds and not
     # in others within 1200 steps; four layers (narrower MLPs, same budget) found it reliably.
     return LlamaConfig(vocab_size=vocab, hidden_size=d, num_hidden_layers=4, num_attention_heads=4,
                        num_key_value_heads=4, intermediate_size=knob, max_position_embeddings=train_length,
-                       tie_word_embeddings=True, **ids, **kw)
+                       tie_word_embeddings=True, **ids, **rope)
 
 
-def _sliding(vocab, d, knob, train_length, ids):
+def _sliding(vocab, d, knob, train_length, ids, **rope):
     # Mistral's sliding window over a Llama-shaped model: attention that cannot look further back
     # than a quarter of the training length.
     from transformers import MistralConfig
 
     return MistralConfig(vocab_size=vocab, hidden_size=d, num_hidden_layers=4, num_attention_heads=4,
                          num_key_value_heads=4, intermediate_size=knob, max_position_embeddings=train_length,
-                         sliding_window=max(16, train_length // 4), tie_word_embeddings=True, **ids)
+                         sliding_window=max(16, train_length // 4), tie_word_embeddings=True, **ids, **rope)
 
 
 def _mamba2(vocab, d, knob, train_length, ids):
@@ -56,22 +57,23 @@ def _mamba2(vocab, d, knob, train_length, ids):
                         **ids)
 
 
-def _bamba(vocab, d, knob, train_length, ids):
+def _bamba(vocab, d, knob, train_length, ids, **rope):
     from transformers import BambaConfig
 
     return BambaConfig(vocab_size=vocab, hidden_size=d, num_hidden_layers=3, attn_layer_indices=[1],
                        num_attention_heads=4, num_key_value_heads=4, intermediate_size=knob, mamba_d_state=16,
                        mamba_n_heads=2 * d // 64, mamba_d_head=64, mamba_expand=2, mamba_chunk_size=32,
-                       mamba_n_groups=1, max_position_embeddings=train_length, tie_word_embeddings=True, **ids)
+                       mamba_n_groups=1, max_position_embeddings=train_length, tie_word_embeddings=True, **ids,
+                       **rope)
 
 
-def _recurrentgemma(vocab, d, knob, train_length, ids):
+def _recurrentgemma(vocab, d, knob, train_length, ids, **rope):
     from transformers import RecurrentGemmaConfig
 
     return RecurrentGemmaConfig(vocab_size=vocab, hidden_size=d, lru_width=d, num_hidden_layers=3,
                                 num_attention_heads=4, num_key_value_heads=1, head_dim=d // 4,
                                 intermediate_size=knob, attention_window_size=max(16, train_length // 2),
-                                block_types=["recurrent", "recurrent", "attention"], **ids)
+                                block_types=["recurrent", "recurrent", "attention"], **ids, **rope)
 
 
 def _rwkv(vocab, d, knob, train_length, ids):
@@ -83,12 +85,13 @@ def _rwkv(vocab, d, knob, train_length, ids):
 
 _MLP = range(32, 4097, 8)
 FAMILIES: dict[str, Family] = {f.name: f for f in [
-    Family("llama", "Transformer++ (Llama, RoPE)", "attention", _llama, _MLP, 0.11),
+    Family("llama", "Transformer++ (Llama, RoPE)", "attention", _llama, _MLP, 0.11, rotary=True),
     Family("mamba2", "Mamba2", "recurrent", _mamba2, range(1, 33), 0.16),
-    Family("bamba", "Mamba2 + attention (Bamba)", "hybrid", _bamba, _MLP, 0.12),
-    Family("recurrentgemma", "RG-LRU + local attention (RecurrentGemma)", "hybrid", _recurrentgemma, _MLP, 0.15),
+    Family("bamba", "Mamba2 + attention (Bamba)", "hybrid", _bamba, _MLP, 0.12, rotary=True),
+    Family("recurrentgemma", "RG-LRU + local attention (RecurrentGemma)", "hybrid", _recurrentgemma, _MLP, 0.15,
+           rotary=True),
     Family("rwkv", "linear RNN (RWKV-4)", "recurrent", _rwkv, _MLP, 0.23),
-    Family("sliding", "sliding-window attention (Mistral)", "attention", _sliding, _MLP, 0.11),
+    Family("sliding", "sliding-window attention (Mistral)", "attention", _sliding, _MLP, 0.11, rotary=True),
 ]}
 
 
@@ -100,16 +103,21 @@ def non_embedding_params(model) -> int:
     return n if tied or out is None else n - out.weight.numel()
 
 
-def fit_family(name: str, vocab: int, hidden: int, budget: int, train_length: int, ids: dict):
-    """(config, non-embedding parameter count) of the family's size closest to `budget`."""
+def fit_family(name: str, vocab: int, hidden: int, budget: int, train_length: int, ids: dict,
+               rope_theta: float | None = None):
+    """(config, non-embedding parameter count) of the family's size closest to `budget`. A
+    `rope_theta` sets the base of every rotary attention layer (the config class's own default
+    otherwise; families without rotary layers ignore it)."""
     import torch
     from transformers import AutoModelForCausalLM
 
     fam = family(name)
+    rope = {"rope_parameters": {"rope_type": "default", "rope_theta": float(rope_theta)}} \
+        if fam.rotary and rope_theta is not None else {}
     best = None
     with torch.device("meta"):  # shapes only: no memory, no init time
         for knob in fam.knobs:
-            cfg = fam.build(vocab, hidden, knob, train_length, ids)
+            cfg = fam.build(vocab, hidden, knob, train_length, ids, **rope)
             n = non_embedding_params(AutoModelForCausalLM.from_config(cfg))
             if best is None or abs(n - budget) < abs(best[1] - budget):
                 best = (cfg, n)

@@ -110,7 +110,8 @@ def _train_family(spec: LabSpec, name: str, out: Path, mdir: Path, emit) -> None
     from .train import TrainSettings, train, write_done
 
     tokenizer = PreTrainedTokenizerFast.from_pretrained(str(out / "tokenizer"))
-    config, n_params = fit_family(name, len(tokenizer), spec.hidden_size, spec.params, spec.train_length, IDS)
+    config, n_params = fit_family(name, len(tokenizer), spec.hidden_size, spec.params, spec.train_length, IDS,
+                                  spec.rope_theta)
     config.longctx_train_length = spec.train_length  # read back by the hf backend as the training context
     torch.manual_seed(spec.seed)
     model = AutoModelForCausalLM.from_config(config)

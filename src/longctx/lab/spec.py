@@ -14,7 +14,8 @@ from ..config import parse_token_count, read_spec_yaml
 from ..errors import UsageError
 from ..types import stable_hash
 
-TOP_KEYS = {"name", "seed", "families", "params", "hidden_size", "train", "formats", "eval", "workers", "out"}
+TOP_KEYS = {"name", "seed", "families", "params", "hidden_size", "rope_theta", "train", "formats", "eval", "workers",
+            "out"}
 TRAIN_KEYS = {"length", "min_length", "steps", "batch", "lr", "warmup"}
 EVAL_KEYS = {"lengths", "depths", "samples", "seed", "answer_tokens", "batch_size", "held_out"}
 
@@ -27,6 +28,7 @@ class LabSpec:
     held_out: tuple[str, ...] = ()  # formats evaluated but never trained on
     params: int = 120_000  # non-embedding parameters per model
     hidden_size: int = 64
+    rope_theta: float | None = None  # base of every rotary attention layer; None: each config's default
     seed: int = 0
     train_length: int = 256
     min_length: int = 128
@@ -59,8 +61,9 @@ class LabSpec:
 
     def training_identity(self) -> str:
         """What trained weights depend on (evaluation settings may change without retraining)."""
+        rope = () if self.rope_theta is None else (self.rope_theta,)  # keeps older folders' identity
         return stable_hash(self.families, self.formats, self.params, self.hidden_size, self.seed, self.train_length,
-                           self.min_length, self.steps, self.batch, self.lr, self.warmup, self.answer_tokens)
+                           self.min_length, self.steps, self.batch, self.lr, self.warmup, self.answer_tokens, *rope)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True, indent=2)
@@ -87,6 +90,7 @@ def parse_lab_spec(raw: dict) -> LabSpec:
     spec = LabSpec(
         name=_get(raw, "name", str), families=families, formats=formats,
         params=_int(raw, "params", 120_000, 1000), hidden_size=_int(raw, "hidden_size", 64, 16),
+        rope_theta=_float(raw, "rope_theta", None) if raw.get("rope_theta") is not None else None,
         seed=_int(raw, "seed", 0, 0), train_length=_tokens(train, "length", 256),
         min_length=_tokens(train, "min_length", 128), steps=_int(train, "steps", 1200, 1),
         batch=_int(train, "batch", 16, 1), lr=_float(train, "lr", 3e-3), warmup=_int(train, "warmup", 30, 0),
