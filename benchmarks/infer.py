@@ -3,7 +3,8 @@ hf path does, batch size 1) on the same samples of the same real model, SmolLM2-
 
     python benchmarks/infer.py --n 100 --length 1024 --data-dir ../shared/data
 
-Prints wall and CPU seconds of both, the speed-up, and whether the outputs are identical. Both
+Prints wall and CPU seconds of both, the speed-up, and whether the outputs are identical
+(`--ab-draft` also times the backend with its prompt-lookup draft tokens turned off). Both
 runs share one loaded model, so only the generation strategy differs. It also times the prefill
 alone (one forward per prompt, last-position logits only) on the first samples: batching and
 decoding strategy can only save the rest, so naive / prefill is the ceiling of any such speed-up.
@@ -69,15 +70,18 @@ def main():
     ap.add_argument("--n", type=int, default=100, help="samples in all (spread over the tasks)")
     ap.add_argument("--length", type=int, default=1024)
     ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--draft-tokens", type=int, default=4, help="prompt-lookup guesses per decode step (0: off)")
+    ap.add_argument("--ab-draft", action="store_true",
+                    help="also time the backend without draft tokens, in the same process (same machine moment)")
     ap.add_argument("--data-dir")
     ap.add_argument("--prefill-probe", type=int, default=8, help="samples whose prefill alone is timed")
     args = ap.parse_args()
-    model = load_model("hf", path=str(default_tokenizer()), batch_size=args.batch_size)
+    model = load_model("hf", path=str(default_tokenizer()), batch_size=args.batch_size, draft_tokens=args.draft_tokens)
     ctx = GenContext(model.tokenizer, GenOptions(), DataPaths(args.data_dir))
     per_task = -(-args.n // len(TASKS))
     samples = [s for t in TASKS for s in generate_samples(RULER_TASKS[t], args.length, range(per_task), ctx)][: args.n]
     print(f"{len(samples)} samples of {', '.join(TASKS)} at {args.length} tokens; SmolLM2-135M-Instruct (hf, fp32, "
-          f"{torch.get_num_threads()} threads), batch size {args.batch_size}")
+          f"{torch.get_num_threads()} threads), batch size {args.batch_size}, {args.draft_tokens} draft tokens")
     ref, ref_wall, ref_cpu = timed(naive, model, samples)
     got, wall, cpu = timed(fast, model, samples)
     probe = samples[:: max(1, len(samples) // args.prefill_probe)][: args.prefill_probe]  # across the tasks
@@ -90,6 +94,12 @@ def main():
     print(f"hf backend : {wall:7.1f} s wall  {cpu:7.1f} CPU-s")
     print(f"speed-up   : {ref_wall / wall:.2f}x wall, {ref_cpu / cpu:.2f}x CPU; identical outputs {same}/{len(samples)}; "
           f"score {acc:.3f}")
+    if args.ab_draft and args.draft_tokens:
+        model.draft_tokens = 0
+        plain, plain_wall, _ = timed(fast, model, samples)
+        model.draft_tokens = args.draft_tokens
+        print(f"no drafts  : {plain_wall:7.1f} s wall; draft tokens save {plain_wall / wall:.2f}x; identical outputs "
+              f"{sum(a == b for a, b in zip(plain, got))}/{len(samples)}")
     print(f"prefill    : {pre:.2f} s wall per prompt alone ({len(probe)} prompts); the naive loop spends "
           f"{ref_wall / len(samples):.2f} s per sample, decoding ~{new_tokens:.0f} new tokens on average, so no "
           f"batching or decoding strategy can exceed {ref_wall / len(samples) / pre:.2f}x here")

@@ -218,29 +218,65 @@ def test_reserved_rows_take_a_prompt_placed_alone_and_shift_left(bpe):
     assert torch.equal(layer.values[1, :, 1:], own.values[0])
 
 
-def test_continuous_batching_refills_rows_and_equals_naive(checkpoints, bpe, monkeypatch):
-    """More prompts than batch rows: each row takes the next prompt when its answer ends, and the
-    cache drops columns no running row needs when its room runs out; tokens equal the naive loop's."""
+@pytest.mark.parametrize("draft", [0, 3])
+def test_continuous_batching_refills_rows_and_equals_naive(checkpoints, bpe, monkeypatch, draft):
+    """More prompts than batch rows: each row takes the next prompt when its answer ends, dead
+    cache columns are dropped, and with draft tokens a step keeps several tokens; the tokens equal
+    the naive loop's."""
     from transformers import GenerationConfig
 
-    from longctx.models import stateful
+    from longctx.models import continuous
     from longctx.models.kv_cache import ReservedLayer
 
-    model = load_model("hf", path=str(checkpoints["llama"]), batch_size=2)
+    model = load_model("hf", path=str(checkpoints["llama"]), batch_size=2, draft_tokens=draft)
     prompts = PROMPTS + ["two one " * 9, "sky grass " * 12 + "1234", "three " * 5]
     first = model.generate(prompts[:1], GenParams(max_new_tokens=12))[0].text
     common = bpe.encode(first)[-1] if bpe.encode(first) else 5  # a frequent token ends some answers early
     model.eos_ids = {2, common}
     model.model.generation_config = GenerationConfig(eos_token_id=[2, common], pad_token_id=2)
-    calls, shifts = [], []
-    real_continuous, real_shift = stateful.greedy_continuous, ReservedLayer.shift
+    calls, shifts, steps = [], [], []
+    real_continuous, real_shift, real_forward = continuous.greedy_continuous, ReservedLayer.shift, model.model.forward
     monkeypatch.setattr("longctx.models.hf.greedy_continuous",
                         lambda *a, **k: calls.append(len(a[1])) or real_continuous(*a, **k))
     monkeypatch.setattr(ReservedLayer, "shift", lambda self, m: shifts.append(m) or real_shift(self, m))
+    monkeypatch.setattr(model.model, "forward", lambda **k: steps.append(k["input_ids"].shape) or real_forward(**k))
     got = model.generate(prompts, GenParams(max_new_tokens=12))
     assert [c.text for c in got] == [naive(model.model, bpe, p, 12) for p in prompts]
     assert len({c.output_tokens for c in got}) > 1 and calls and sum(calls) == len(prompts)
-    assert shifts and min(shifts) > 12  # the room ran out and more than max_new columns were freed
+    assert shifts and min(shifts) > 0  # dead columns were dropped
+    decode = [shape for shape in steps if shape[1] == draft + 1 and shape[0] <= 2]
+    new_tokens = sum(c.output_tokens for c in got) - len(prompts)  # the first of each comes from its prefill
+    if draft:  # guesses were kept: fewer steps than tokens even with two rows sharing a step
+        assert len(decode) < new_tokens / 2
+    else:
+        assert len(decode) >= new_tokens / 2
+
+
+@pytest.mark.parametrize("draft", [0, 2])
+def test_continuous_batching_when_every_answer_ends_at_once(checkpoints, bpe, draft):
+    """An untrained model may end every answer with its first token: a slot then takes the next
+    prompts itself, and the slots left without one stay empty."""
+    from longctx.models.continuous import greedy_continuous
+
+    model = load_model("hf", path=str(checkpoints["llama"]), batch_size=3)
+    rows = [bpe.encode(p) for p in PROMPTS[:4]]
+    with torch.no_grad():
+        got = greedy_continuous(model.model, rows, 8, set(range(model.model.config.vocab_size)), 3, draft)
+    assert [len(r) for r in got] == [1, 1, 1, 1]
+    assert got == [[int(model.model(input_ids=torch.tensor([r])).logits[0, -1].argmax())] for r in rows]
+
+
+def test_prompt_lookup_drafts_continue_the_latest_earlier_match():
+    from longctx.models.continuous import PromptLookup
+
+    look = PromptLookup([5, 6, 7, 8, 1, 6, 7, 9, 2])
+    assert look.draft(3) == []  # 2 never came before
+    look.extend([6, 7])  # (6, 7) came twice: the latest was followed by 9, 2, 6
+    assert look.draft(3) == [9, 2, 6]
+    look.extend([8])  # (6, 7, 8) once, at the start: the longest match wins over (7, 8) and (8)
+    assert look.draft(2) == [1, 6]
+    look.extend([3, 3])  # the only earlier 3 is the one before the last: its follower is the last 3
+    assert look.draft(4) == [3]
 
 
 def test_length_bands_keep_unlike_lengths_apart():
@@ -248,3 +284,39 @@ def test_length_bands_keep_unlike_lengths_apart():
 
     encoded = [[0] * n for n in (100, 110, 130, 1000, 1200, 5000)]
     assert _length_bands(list(range(6)), encoded) == [[0, 1, 2], [3, 4], [5]]
+
+
+def test_packed_attention_equals_sdpa_on_several_masked_positions():
+    """Grouped-query heads packed as extra query positions give SDPA's logits, with padding and
+    several new positions over a cache (a draft step); other models are left alone."""
+    from transformers import AttentionInterface, DynamicCache, LlamaConfig, LlamaForCausalLM
+
+    from longctx.models import packed_attention
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, intermediate_size=48)
+    model = LlamaForCausalLM(config).eval()
+    ids = torch.randint(0, 64, (3, 12))
+    mask = torch.ones(3, 12, dtype=torch.long)
+    mask[0, :4], mask[2, :7] = 0, 0
+
+    def run():
+        cache = DynamicCache(config=config)
+        with torch.no_grad():
+            model(input_ids=ids[:, :9], attention_mask=mask[:, :9], past_key_values=cache, use_cache=True)
+            return model(input_ids=ids[:, 9:], attention_mask=mask, past_key_values=cache, use_cache=True).logits
+
+    want = run()
+    assert packed_attention.use_packed_attention(model) and packed_attention.use_packed_attention(model)
+    packed, real = [], packed_attention.packed_sdpa_forward
+    spy = lambda m, q, *a, **k: packed.append(q.shape) or real(m, q, *a, **k)  # noqa: E731
+    AttentionInterface.register(packed_attention.NAME, spy)
+    try:
+        got = run()
+    finally:
+        AttentionInterface.register(packed_attention.NAME, real)
+    assert torch.allclose(got, want, atol=1e-6)
+    assert (3, 4, 3, 8) in packed  # the draft step's 3 positions went through the packed form
+    eager = LlamaForCausalLM(LlamaConfig(**{**config.to_dict(), "attn_implementation": "eager"}))
+    assert eager.config._attn_implementation == "eager" and not packed_attention.use_packed_attention(eager)

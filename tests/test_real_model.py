@@ -4,6 +4,8 @@ to its own tokenizer. Measured on this machine: 4/4 at 1K and 4/4 at 2K (it retr
 needles near-perfectly up to 4K). The floor is far below that, so only a broken prompt,
 tokenizer or generation path fails it, not a noisy machine."""
 
+import pytest
+
 from longctx.cli import default_tokenizer
 from longctx.corpora import DataPaths
 from longctx.models import GenParams, load_model
@@ -29,20 +31,22 @@ def test_smollm2_retrieves_needles_at_1k_and_2k(data_dir):
         assert sum(scores) / N >= 0.5, (length, [c.text for c in out], [s.targets for s in samples])
 
 
-def test_continuous_batching_matches_one_prompt_at_a_time_on_smollm2():
+@pytest.mark.parametrize("draft", [0, 4])
+def test_continuous_batching_matches_one_prompt_at_a_time_on_smollm2(draft):
     """A real model is sensitive to every position id and mask column (a tiny random one is not):
-    more prompts than batch rows, refilled as answers end, give the naive loop's exact tokens."""
+    more prompts than batch rows, refilled as answers end, with or without draft tokens, give the
+    naive loop's exact tokens."""
     import torch
 
-    model = load_model("hf", path=str(default_tokenizer()), batch_size=2)
+    model = load_model("hf", path=str(default_tokenizer()), batch_size=2, draft_tokens=draft)
     prompts = ["The capital of France is", "Counting: one, two, three,", "def add(a, b):\n    return",
                "The special magic number for apple is 4417. The special magic number for apple is",
                "Water boils at a temperature of"]
-    got = [c.text for c in model.generate(prompts, GenParams(max_new_tokens=10))]
+    got = [c.text for c in model.generate(prompts, GenParams(max_new_tokens=24))]
     want = []
     for p in prompts:
         ids = torch.tensor([model.tokenizer.encode(p)])
-        out = model.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=10, do_sample=False,
+        out = model.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=24, do_sample=False,
                                    pad_token_id=model.pad_id)
         want.append(model.tokenizer.decode(out[0, ids.shape[1]:].tolist()))
     assert got == want

@@ -6,7 +6,9 @@ Speed and memory care, all checked against transformers' own `generate` in the t
 - only the last position's logits are computed on prefill (`logits_to_keep=1`);
 - attention models decode from a KV cache with reserved room (no copy per token); on the CPU
   they batch continuously, each prompt prefilled alone and a row refilled as soon as its answer
-  ends (`stateful.greedy_continuous`); elsewhere finished rows leave the batch (`greedy_shrinking`);
+  ends, and each step verifies `draft_tokens` guesses looked up in the row's own prompt and answer
+  (`continuous.greedy_continuous`; still greedy decoding's tokens); elsewhere finished rows leave
+  the batch (`greedy_shrinking`);
 - recurrent and hybrid models prefill in chunks, so peak memory does not grow with the prompt:
   transformers' own `prefill_chunk_size` for the hybrids it supports, and `stateful.py`'s
   loop for Mamba2 and RWKV, whose caches transformers cannot chunk.
@@ -21,7 +23,9 @@ from typing import Sequence
 from ..errors import UsageError
 from ..tokenizer import Tokenizer, _file_sha256, default_cache_dir, load_tokenizer
 from .base import Completion, GenParams, cut_at_stop, triage
-from .stateful import STATEFUL_FAMILIES, greedy_continuous, greedy_shrinking, greedy_stateful
+from .continuous import greedy_continuous
+from .packed_attention import use_packed_attention
+from .stateful import STATEFUL_FAMILIES, greedy_shrinking, greedy_stateful
 
 # Pure attention decoders whose KV cache can drop finished rows mid-batch (tested per family).
 SHRINKABLE = {"llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "phi3", "olmo", "olmo2",
@@ -39,11 +43,16 @@ DEFAULT_CHUNK = 2048
 class HFModel:
     """Greedy generation with transformers. `path` is a local folder, a `.gguf` file or a hub id."""
 
+    draft_tokens = 0  # prompt-lookup guesses per decode step (subclasses that build their own module: none)
+
     def __init__(self, path: str, dtype: str = "auto", device: str = "cpu", batch_size: int = 8,
                  prefill_chunk: int | None = -1, trust_remote_code: bool = False, allow_pickle: bool = False,
                  chat_template: bool = False, max_context: int | None = None, tokenizer: str | None = None,
-                 name: str | None = None):
+                 name: str | None = None, draft_tokens: int = 4):
         self._setup(device, dtype, batch_size)
+        if draft_tokens < 0:
+            raise UsageError(f"draft_tokens must be 0 (off) or more, not {draft_tokens}")
+        self.draft_tokens = draft_tokens
         model = _load_model(path, self.dtype, trust_remote_code, allow_pickle)
         tok = load_tokenizer(tokenizer or path, trust_remote_code=trust_remote_code)
         self._attach(model, model.config.model_type, tok, name or Path(str(path)).name, batch_size=batch_size,
@@ -95,7 +104,7 @@ class HFModel:
                 start = time.perf_counter()
                 with torch.no_grad():
                     rows = greedy_continuous(self.model, [encoded[i] for i in band], params.max_new_tokens,
-                                             self.eos_ids, self._max_batch)
+                                             self.eos_ids, self._max_batch, self._draft())
                 if rows is None:  # no reserved cache room (sliding windows): fixed batches below
                     break
                 self._record(results, band, rows, encoded, params, start)
@@ -116,10 +125,15 @@ class HFModel:
             results[i] = Completion(text, len(encoded[i]), len(new_ids), share)
 
     def _continuous(self, todo: list[int], encoded: list[list[int]]) -> bool:
-        """Whether these prompts go through continuous batching (stateful.greedy_continuous):
+        """Whether these prompts go through continuous batching (continuous.greedy_continuous):
         attention models on the CPU whose prompts are not prefilled in chunks."""
         return (self._shrinks and self.device == "cpu" and len(todo) > 1
                 and not (self.prefill_chunk and max(len(encoded[i]) for i in todo) > self.prefill_chunk))
+
+    def _draft(self) -> int:
+        """Draft tokens per step; verifying them needs the packed attention (else transformers
+        copies every key/value head per query head at every step, which costs more than it saves)."""
+        return self.draft_tokens if self.draft_tokens and use_packed_attention(self.model) else 0
 
     @property
     def _max_batch(self) -> int:

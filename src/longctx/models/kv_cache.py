@@ -5,7 +5,7 @@
   decode step under the profiler. Writing each new position into reserved room stores the same
   numbers without the copy.
 - The room lets a prompt prefilled alone be placed in its row (`place`), and lets continuous
-  batching drop columns no running row needs (`shift`); see `stateful.greedy_continuous`. On the
+  batching drop columns no running row needs (`shift`); see `continuous.greedy_continuous`. On the
   CPU a left-padded batch prefill is slower than the same prompts one by one (an explicit padding
   mask instead of the causal kernel: 1.85 vs 1.54 s per 1K prompt, measured), and a prompt
   prefilled alone is computed exactly as the naive loop computes it.
