@@ -13,8 +13,8 @@ the CPU, token for token what `generate` gives one prompt at a time.
   few tokens earlier in its own prompt and answer, and keeps the guesses the model itself
   predicts: the tokens kept are the model's argmax at every position, whatever the guesses were,
   so the output is greedy decoding's. A guess rejected leaves its cache column masked for that
-  row. On SmolLM2 answers at 1K, 4 guesses gave 3.9 tokens per step (a replay of the model's own
-  answers); a step of 5 positions cost about twice a step of 1.
+  row. On SmolLM2 at 1K with 4 guesses, 100 answers kept 4.0 tokens per row and step, and a step
+  of 5 positions cost 186 ms against 152 ms for a step of 1 (batch 8, 24 prompts, one run each).
 - **Room.** The cache has room reserved up front (`ReservedLayer`). When the columns before every
   running row's first (and before the room the longest queued prompt needs) make up a quarter of
   the used width, or the room runs out, they are dropped (`ReservedLayer.shift`), so attention
