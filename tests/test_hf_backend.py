@@ -194,39 +194,65 @@ def test_reserved_kv_cache_gives_dynamic_cache_logits_exactly(bpe):
     assert not any(isinstance(layer, ReservedLayer) for layer in reserved_cache(windowed, 32).layers)
 
 
-def test_reserved_rows_take_a_prompt_placed_alone_and_shift_left(bpe):
-    """ReservedLayer.place puts one prompt's keys at the right of its row (padding stays zeros);
-    shift drops leading columns of every row and keeps the rest in order."""
-    from transformers import AutoModelForCausalLM, DynamicCache
+def test_rows_of_their_own_compute_what_each_row_computes_alone():
+    """Three prompts of different lengths placed at the start of their rows; a step of 3
+    positions inside rows_at (each row writes after its own end, attends over its own columns,
+    causally among the new positions) gives the logits of each prompt continued alone one token at
+    a time, as the naive loop computes them. A second step overwrites the columns of guesses
+    rejected in the first."""
+    from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
 
-    from longctx.models.kv_cache import reserved_cache
-    from tiny_models import tiny_config
+    from longctx.models.kv_cache import reserved_cache, rows_at
+    from longctx.models.row_attention import use_row_attention
 
-    torch.manual_seed(1)
-    model = AutoModelForCausalLM.from_config(tiny_config("llama", len(bpe.hf))).eval()
-    ids = torch.randint(5, len(bpe.hf), (1, 7))
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=64, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, intermediate_size=96, max_position_embeddings=256)
+    model = LlamaForCausalLM(config).eval()
+    prompts = [torch.randint(0, 64, (1, n)) for n in (40, 23, 57)]
+    new = torch.randint(0, 64, (3, 3))
+    again = torch.randint(0, 64, (3, 2))
+    keep = [1, 3, 2]  # tokens of the first step each row keeps (the rest were rejected guesses)
+    def one_at_a_time(tokens, cache):  # as the naive loop feeds them
+        return torch.cat([model(input_ids=t.view(1, 1), past_key_values=cache, use_cache=True).logits[0] for t in tokens])
+
     with torch.no_grad():
-        alone = DynamicCache(config=model.config)
-        model(input_ids=ids, past_key_values=alone, use_cache=True)
-    cache = reserved_cache(model.config, 16)
-    layer, own = cache.layers[0], alone.layers[0]
-    layer.place(1, 2, 5, own.keys, own.values)  # row 1 of 2, columns 5..11
-    assert layer.get_seq_length() == 12 and torch.equal(layer.keys[1, :, 5:], own.keys[0])
-    assert not layer.keys[1, :, :5].any() and not layer.keys[0].any()
-    layer.shift(4)
-    assert layer.get_seq_length() == 8 and torch.equal(layer.keys[1, :, 1:], own.keys[0])
-    assert torch.equal(layer.values[1, :, 1:], own.values[0])
+        want = []
+        for p, fed, kept, fed2 in zip(prompts, new, keep, again):
+            alone = DynamicCache(config=config)
+            model(input_ids=p, past_key_values=alone, use_cache=True)
+            first = one_at_a_time(fed, alone)
+            alone.crop(kept - 3)  # what the row keeps of the step (transformers: minus the tokens removed)
+            want.append((first, one_at_a_time(fed2, alone)))
+        assert use_row_attention(model) and use_row_attention(model)
+        cache = reserved_cache(config, 80)
+        for row, p in enumerate(prompts):
+            alone = DynamicCache(config=config)
+            model(input_ids=p, past_key_values=alone, use_cache=True)
+            for layer, own in zip(cache.layers, alone.layers):
+                layer.place(row, 3, own.keys, own.values)
+        ends = [p.shape[1] for p in prompts]
+        with rows_at(ends):
+            first = model(input_ids=new, position_ids=torch.tensor(ends)[:, None] + torch.arange(3),
+                          past_key_values=cache, use_cache=True).logits
+        ends = [e + k for e, k in zip(ends, keep)]
+        with rows_at(ends):
+            second = model(input_ids=again, position_ids=torch.tensor(ends)[:, None] + torch.arange(2),
+                           past_key_values=cache, use_cache=True).logits
+    for row, (w1, w2) in enumerate(want):
+        assert torch.allclose(first[row], w1, atol=1e-5) and torch.allclose(second[row], w2, atol=1e-5), row
+    eager = LlamaForCausalLM(LlamaConfig(**{**config.to_dict(), "attn_implementation": "eager"}))
+    assert eager.config._attn_implementation == "eager" and not use_row_attention(eager)
 
 
 @pytest.mark.parametrize("draft", [0, 3])
 def test_continuous_batching_refills_rows_and_equals_naive(checkpoints, bpe, monkeypatch, draft):
-    """More prompts than batch rows: each row takes the next prompt when its answer ends, dead
-    cache columns are dropped, and with draft tokens a step keeps several tokens; the tokens equal
-    the naive loop's."""
+    """More prompts than batch rows: each row takes the next prompt when its answer ends, rows of
+    different lengths share a step, and with draft tokens a step keeps several tokens; the tokens
+    equal the naive loop's."""
     from transformers import GenerationConfig
 
-    from longctx.models import continuous
-    from longctx.models.kv_cache import ReservedLayer
+    from longctx.models import continuous, kv_cache
 
     model = load_model("hf", path=str(checkpoints["llama"]), batch_size=2, draft_tokens=draft)
     prompts = PROMPTS + ["two one " * 9, "sky grass " * 12 + "1234", "three " * 5]
@@ -234,16 +260,16 @@ def test_continuous_batching_refills_rows_and_equals_naive(checkpoints, bpe, mon
     common = bpe.encode(first)[-1] if bpe.encode(first) else 5  # a frequent token ends some answers early
     model.eos_ids = {2, common}
     model.model.generation_config = GenerationConfig(eos_token_id=[2, common], pad_token_id=2)
-    calls, shifts, steps = [], [], []
-    real_continuous, real_shift, real_forward = continuous.greedy_continuous, ReservedLayer.shift, model.model.forward
+    calls, layouts, steps = [], [], []
+    real_continuous, real_rows_at, real_forward = continuous.greedy_continuous, kv_cache.rows_at, model.model.forward
     monkeypatch.setattr("longctx.models.hf.greedy_continuous",
                         lambda *a, **k: calls.append(len(a[1])) or real_continuous(*a, **k))
-    monkeypatch.setattr(ReservedLayer, "shift", lambda self, m: shifts.append(m) or real_shift(self, m))
+    monkeypatch.setattr(kv_cache, "rows_at", lambda ends: layouts.append(list(ends)) or real_rows_at(ends))
     monkeypatch.setattr(model.model, "forward", lambda **k: steps.append(k["input_ids"].shape) or real_forward(**k))
     got = model.generate(prompts, GenParams(max_new_tokens=12))
     assert [c.text for c in got] == [naive(model.model, bpe, p, 12) for p in prompts]
     assert len({c.output_tokens for c in got}) > 1 and calls and sum(calls) == len(prompts)
-    assert shifts and min(shifts) > 0  # dead columns were dropped
+    assert any(len(set(ends)) > 1 for ends in layouts)  # rows of different lengths shared a step
     decode = [shape for shape in steps if shape[1] == draft + 1 and shape[0] <= 2]
     new_tokens = sum(c.output_tokens for c in got) - len(prompts)  # the first of each comes from its prefill
     if draft:  # guesses were kept: fewer steps than tokens even with two rows sharing a step
@@ -266,6 +292,33 @@ def test_continuous_batching_when_every_answer_ends_at_once(checkpoints, bpe, dr
     assert got == [[int(model.model(input_ids=torch.tensor([r])).logits[0, -1].argmax())] for r in rows]
 
 
+def test_prompts_sharing_a_prefix_prefill_only_the_rest(checkpoints, bpe, monkeypatch):
+    """Prompts are admitted in token order, and one sharing at least MIN_SHARED leading tokens
+    with the prompt before it reuses that prompt's cache for them: only its own rest goes
+    through the model, and its tokens still equal the naive loop's."""
+    from longctx.models import continuous
+
+    model = load_model("hf", path=str(checkpoints["llama"]), batch_size=2)
+    texts = ["The grass is green. The sky is blue. " * 3 + "The special magic number is 1234.",
+             "one two three four " * 4, "The grass is green. The sky is blue. " * 3 + "hello world hello"]
+    rows = [bpe.encode(t) for t in texts]
+    shared = continuous.shared_prefix(rows[0], rows[2])
+    assert shared > 20
+    monkeypatch.setattr(continuous, "MIN_SHARED", shared)
+    fed, real_forward = [], model.model.forward
+    monkeypatch.setattr(model.model, "forward", lambda **k: fed.append(k["input_ids"].shape[1]) or real_forward(**k))
+    with torch.no_grad():
+        got = continuous.greedy_continuous(model.model, rows, 10, model.eos_ids, 2, draft=2)
+    during = list(fed)  # (the naive loop below goes through the same forward)
+    assert [bpe.decode(r) for r in got] == [naive(model.model, bpe, t, 10) for t in texts]
+    # the later of the two in token order prefilled only what follows the shared prefix
+    later, rest = max(rows[0], rows[2]), len(max(rows[0], rows[2])) - shared
+    prefills = [n for n in during if n != 3]  # decode steps feed 3 positions (1 + 2 guesses)
+    assert rest != 3 and len(prefills) == 3 and rest in prefills and len(later) not in prefills, prefills
+    assert continuous.shared_prefix([1, 2, 3], [1, 2, 3]) == 2  # its last token is always computed
+    assert continuous.shared_prefix([1, 2, 3, 4], [1, 2, 5, 4, 6]) == 2
+
+
 def test_prompt_lookup_drafts_continue_the_latest_earlier_match():
     from longctx.models.continuous import PromptLookup
 
@@ -284,39 +337,3 @@ def test_length_bands_keep_unlike_lengths_apart():
 
     encoded = [[0] * n for n in (100, 110, 130, 1000, 1200, 5000)]
     assert _length_bands(list(range(6)), encoded) == [[0, 1, 2], [3, 4], [5]]
-
-
-def test_packed_attention_equals_sdpa_on_several_masked_positions():
-    """Grouped-query heads packed as extra query positions give SDPA's logits, with padding and
-    several new positions over a cache (a draft step); other models are left alone."""
-    from transformers import AttentionInterface, DynamicCache, LlamaConfig, LlamaForCausalLM
-
-    from longctx.models import packed_attention
-
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                         num_key_value_heads=2, intermediate_size=48)
-    model = LlamaForCausalLM(config).eval()
-    ids = torch.randint(0, 64, (3, 12))
-    mask = torch.ones(3, 12, dtype=torch.long)
-    mask[0, :4], mask[2, :7] = 0, 0
-
-    def run():
-        cache = DynamicCache(config=config)
-        with torch.no_grad():
-            model(input_ids=ids[:, :9], attention_mask=mask[:, :9], past_key_values=cache, use_cache=True)
-            return model(input_ids=ids[:, 9:], attention_mask=mask, past_key_values=cache, use_cache=True).logits
-
-    want = run()
-    assert packed_attention.use_packed_attention(model) and packed_attention.use_packed_attention(model)
-    packed, real = [], packed_attention.packed_sdpa_forward
-    spy = lambda m, q, *a, **k: packed.append(q.shape) or real(m, q, *a, **k)  # noqa: E731
-    AttentionInterface.register(packed_attention.NAME, spy)
-    try:
-        got = run()
-    finally:
-        AttentionInterface.register(packed_attention.NAME, real)
-    assert torch.allclose(got, want, atol=1e-6)
-    assert (3, 4, 3, 8) in packed  # the draft step's 3 positions went through the packed form
-    eager = LlamaForCausalLM(LlamaConfig(**{**config.to_dict(), "attn_implementation": "eager"}))
-    assert eager.config._attn_implementation == "eager" and not packed_attention.use_packed_attention(eager)

@@ -34,14 +34,21 @@ def test_smollm2_retrieves_needles_at_1k_and_2k(data_dir):
 @pytest.mark.parametrize("draft", [0, 4])
 def test_continuous_batching_matches_one_prompt_at_a_time_on_smollm2(draft):
     """A real model is sensitive to every position id and mask column (a tiny random one is not):
-    more prompts than batch rows, refilled as answers end, with or without draft tokens, give the
-    naive loop's exact tokens."""
+    more prompts than batch rows, refilled as answers end, with or without draft tokens, and two
+    prompts sharing a prefix of more than MIN_SHARED tokens (the later one prefills only its
+    rest), give the naive loop's exact tokens."""
     import torch
 
+    from longctx.models.continuous import MIN_SHARED, shared_prefix
+
     model = load_model("hf", path=str(default_tokenizer()), batch_size=2, draft_tokens=draft)
+    fruit = ("A list of fruit and their special magic numbers: apple 4417, pear 9921, plum 3310, fig 7702, "
+             "kiwi 5561, lime 2284, date 6650, yuzu 1193, sloe 8025, quince 4476, lemon 3098, cherry 5127. ")
     prompts = ["The capital of France is", "Counting: one, two, three,", "def add(a, b):\n    return",
                "The special magic number for apple is 4417. The special magic number for apple is",
-               "Water boils at a temperature of"]
+               "Water boils at a temperature of", fruit + "The special magic number for pear is",
+               fruit + "The special magic number for fig is"]
+    assert shared_prefix(*(model.tokenizer.encode(p) for p in prompts[-2:])) >= MIN_SHARED
     got = [c.text for c in model.generate(prompts, GenParams(max_new_tokens=24))]
     want = []
     for p in prompts:

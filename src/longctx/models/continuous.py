@@ -5,27 +5,31 @@ the CPU, token for token what `generate` gives one prompt at a time.
   longest (often rambling) answer, and a step costs about the model's weight reads however few
   rows are still running. Here `slots` rows are kept full: a row takes the next prompt as soon as
   its answer ends. Each prompt is prefilled alone (on the CPU a padded batch prefill is slower:
-  see kv_cache.py) and placed so that it ends at the column the batch writes next; the columns
-  before it are masked, and its position ids count from 0.
+  see kv_cache.py) and placed at the start of its row.
+- **Rows of their own.** A row's prompt and answer fill its cache columns from 0 on; each step
+  writes a row's new positions right after its own last valid column (`kv_cache.rows_at`), and
+  attention reads each row's own columns (`row_attention.py`). No padding, no dead columns to
+  drop, and a row computes what it computes alone: in bfloat16 its tokens are bit-identical to the
+  naive loop's, not only equal in practice.
 - **Draft tokens from the prompt** (prompt-lookup decoding). A model's answer to a RULER prompt
   largely copies the prompt (the needle's sentence, the question's wording) or repeats itself.
   Each step feeds every row its last token plus `draft` tokens guessed by finding the row's last
   few tokens earlier in its own prompt and answer, and keeps the guesses the model itself
   predicts: the tokens kept are the model's argmax at every position, whatever the guesses were,
-  so the output is greedy decoding's. A guess rejected leaves its cache column masked for that
-  row. On SmolLM2 at 1K with 4 guesses, 100 answers kept 4.0 tokens per row and step, and a step
-  of 5 positions cost 186 ms against 152 ms for a step of 1 (batch 8, 24 prompts, one run each).
-- **Room.** The cache has room reserved up front (`ReservedLayer`). When the columns before every
-  running row's first (and before the room the longest queued prompt needs) make up a quarter of
-  the used width, or the room runs out, they are dropped (`ReservedLayer.shift`), so attention
-  does not keep reading dead columns.
-- Prompts whose lengths differ a lot should go to separate calls (`hf._length_bands`): every row
-  attends over the longest prompt's columns.
+  so the output is greedy decoding's. A rejected guess's column is overwritten by the row's next
+  step. On SmolLM2 at 1K with 4 guesses, 100 answers kept 4.0 tokens per row and step.
+- **Shared prefixes.** Prompts are admitted in the order of their token ids, so a prompt's longest
+  common prefix with any prompt before it is its common prefix with the one just before it
+  (noise haystacks, a shared instruction). When that prefix has at least `MIN_SHARED` tokens,
+  the previous prompt's cache up to it is reused and only the rest is prefilled.
 """
 
 from __future__ import annotations
 
 NGRAM = 3  # the longest run of last tokens looked up (then 2, then 1)
+# The shortest shared prefix worth reusing: below it the prompt is prefilled whole, exactly as
+# the one-prompt-at-a-time loop does (a continued prefill computes the same numbers in another order).
+MIN_SHARED = 64
 
 
 class PromptLookup:
@@ -58,46 +62,55 @@ class PromptLookup:
 def greedy_continuous(model, rows: list[list[int]], max_new: int, eos_ids: set[int], slots: int, draft: int = 0):
     """Argmax decoding of many prompts through `slots` batch rows, refilled as answers end, with
     `draft` prompt-lookup guesses per row and step (0: one token per step). Returns the new
-    tokens of every prompt (ending with the end token when one came), or None when the model's
-    cache has no reserved room (sliding windows): the caller then batches as before."""
+    tokens of every prompt (ending with the end token when one came), or None when the model
+    cannot keep rows of their own (sliding windows, an attention other than SDPA): the caller
+    then batches as before."""
     from collections import deque
 
     import torch
     from transformers import DynamicCache
 
-    from .kv_cache import ReservedLayer, reserved_cache
+    from .kv_cache import ReservedLayer, reserved_cache, rows_at
+    from .row_attention import use_row_attention
 
-    width, span = max(len(r) for r in rows), draft + 1  # span: positions fed per row and step
-    # A row's answer takes at most max_new steps of `span` columns, so after a shift more than
-    # span * max_new columns are free: every step always finds room.
-    capacity = width + 2 * span * max_new + span
-    cache = reserved_cache(model.config, capacity)
-    if not all(isinstance(layer, ReservedLayer) for layer in cache.layers):
+    span = draft + 1  # positions fed per row and step
+    # A running row holds its prompt and at most max_new - 1 answer tokens, then a step's span.
+    cache = reserved_cache(model.config, max(len(r) for r in rows) + max_new + span)
+    if not all(isinstance(layer, ReservedLayer) for layer in cache.layers) or not use_row_attention(model):
         return None
-    queue = deque(range(len(rows)))
+    queue = deque(sorted(range(len(rows)), key=lambda r: rows[r]))  # neighbours share the longest prefixes
     produced: list[list[int]] = [[] for _ in rows]
     n = min(slots, len(rows))
     owner = [-1] * n  # the prompt each slot is decoding
     lookup: list[PromptLookup | None] = [None] * n
     last = [0] * n  # each slot's newest token, decided but not yet in the cache
-    mask = torch.zeros(n, capacity, dtype=torch.long)
-    positions = torch.zeros(n, dtype=torch.long)  # the position of each slot's `last`
-    col = width  # the cache column the next step writes first
+    ends = [0] * n  # each slot's valid cache columns (= the position of its `last`)
+    previous: list = []  # the prompt prefilled last and its own cache
+
+    def prefill(tokens: list[int]):
+        """The prompt's own cache and the logits at its last position, reusing the previous
+        prompt's cache for their common prefix when it has at least MIN_SHARED tokens."""
+        alone = DynamicCache(config=model.config)
+        shared = shared_prefix(previous[0], tokens) if previous else 0
+        if shared >= MIN_SHARED:
+            for i, layer in enumerate(previous[1].layers):
+                alone.update(layer.keys[:, :, :shared], layer.values[:, :, :shared], i)
+        else:
+            shared = 0
+        out = model(input_ids=torch.tensor([tokens[shared:]]), past_key_values=alone, use_cache=True,
+                    logits_to_keep=1)
+        previous[:] = [tokens, alone]
+        return alone, out.logits
 
     def admit(slot: int) -> list[int]:
-        """Prefill the next prompt alone into `slot`, ending at `col`; its first new token."""
+        """Prefill the next prompt alone into `slot`; its first new token."""
         r = queue.popleft()
-        alone = DynamicCache(config=model.config)
-        out = model(input_ids=torch.tensor([rows[r]]), past_key_values=alone, use_cache=True, logits_to_keep=1)
-        start = col - len(rows[r])
+        alone, logits = prefill(rows[r])
         for layer, own in zip(cache.layers, alone.layers):
-            layer.place(slot, n, start, own.keys, own.values)
-        mask[slot] = 0
-        mask[slot, start:col] = 1
-        positions[slot] = len(rows[r])
-        owner[slot] = r
+            layer.place(slot, n, own.keys, own.values)
+        ends[slot], owner[slot] = len(rows[r]), r
         lookup[slot] = PromptLookup(rows[r]) if draft else None
-        return [int(out.logits[0, -1].argmax())]
+        return [int(logits[0, -1].argmax())]
 
     def take(slot: int, tokens: list[int]) -> bool:
         """Append a slot's newly decided tokens to its answer; whether the answer goes on."""
@@ -127,33 +140,32 @@ def greedy_continuous(model, rows: list[list[int]], max_new: int, eos_ids: set[i
         if not live:
             return produced
         if len(live) < n:  # only when the queue is empty: the batch shrinks
-            index = torch.tensor(live)
-            cache.batch_select_indices(index)
-            mask, positions = mask[index], positions[index]
-            owner, last, lookup, n = [owner[s] for s in live], [last[s] for s in live], [lookup[s] for s in live], len(live)
-        first = int(mask[:, :col].argmax(dim=1).min())  # no running row needs the columns before it
-        drop = min(first, col - max((len(rows[r]) for r in queue), default=0))
-        if drop > 0 and (col + span > capacity or 4 * drop >= col):
-            for layer in cache.layers:
-                layer.shift(drop)
-            mask = torch.cat([mask[:, drop:], mask.new_zeros(n, drop)], dim=1)
-            col -= drop
+            cache.batch_select_indices(torch.tensor(live))
+            owner, last, lookup, ends = ([x[s] for s in live] for x in (owner, last, lookup, ends))
+            n = len(live)
         guesses = [_padded(lookup[s].draft(draft), draft, last[s]) if draft else [] for s in range(n)]
         ids = torch.tensor([[last[s]] + guesses[s] for s in range(n)])
-        mask[:, col:col + span] = 1
-        out = model(input_ids=ids, attention_mask=mask[:, :col + span],
-                    position_ids=positions[:, None] + torch.arange(span), past_key_values=cache, use_cache=True)
+        with rows_at(ends):  # positions are columns: a row's prompt starts at column 0
+            out = model(input_ids=ids, position_ids=torch.tensor(ends)[:, None] + torch.arange(span),
+                        past_key_values=cache, use_cache=True)
         predicted = out.logits.argmax(dim=-1).tolist()
-        written, col = col, col + span  # a prompt admitted below ends where the next step writes
         for s in range(n):
             kept = 1  # the model's token after `last`, then each guess it predicted itself
             while kept < span and guesses[s][kept - 1] == predicted[s][kept - 1]:
                 kept += 1
-            mask[s, written + kept:col] = 0  # the cache columns of rejected guesses
-            positions[s] += kept
+            ends[s] += kept  # `last` and the kept guesses; the next step overwrites the rest
             fill(s, predicted[s][:kept])
 
 
 def _padded(tokens: list[int], k: int, filler: int) -> list[int]:
     """A draft of exactly k tokens (every row feeds the same number; a filler is only a guess)."""
     return tokens + [tokens[-1] if tokens else filler] * (k - len(tokens))
+
+
+def shared_prefix(a: list[int], b: list[int]) -> int:
+    """How many leading tokens b shares with a, at most len(b) - 1 (the last token is always
+    computed: its logits give the first new token)."""
+    limit, n = min(len(a), len(b) - 1), 0
+    while n < limit and a[n] == b[n]:
+        n += 1
+    return n

@@ -24,7 +24,6 @@ from ..errors import UsageError
 from ..tokenizer import Tokenizer, _file_sha256, default_cache_dir, load_tokenizer
 from .base import Completion, GenParams, cut_at_stop, triage
 from .continuous import greedy_continuous
-from .packed_attention import use_packed_attention
 from .stateful import STATEFUL_FAMILIES, greedy_shrinking, greedy_stateful
 
 # Pure attention decoders whose KV cache can drop finished rows mid-batch (tested per family).
@@ -104,8 +103,8 @@ class HFModel:
                 start = time.perf_counter()
                 with torch.no_grad():
                     rows = greedy_continuous(self.model, [encoded[i] for i in band], params.max_new_tokens,
-                                             self.eos_ids, self._max_batch, self._draft())
-                if rows is None:  # no reserved cache room (sliding windows): fixed batches below
+                                             self.eos_ids, self._max_batch, self.draft_tokens)
+                if rows is None:  # no rows of their own (sliding windows, eager attention): fixed batches below
                     break
                 self._record(results, band, rows, encoded, params, start)
                 todo = [i for i in todo if results[i] is None]
@@ -129,11 +128,6 @@ class HFModel:
         attention models on the CPU whose prompts are not prefilled in chunks."""
         return (self._shrinks and self.device == "cpu" and len(todo) > 1
                 and not (self.prefill_chunk and max(len(encoded[i]) for i in todo) > self.prefill_chunk))
-
-    def _draft(self) -> int:
-        """Draft tokens per step; verifying them needs the packed attention (else transformers
-        copies every key/value head per query head at every step, which costs more than it saves)."""
-        return self.draft_tokens if self.draft_tokens and use_packed_attention(self.model) else 0
 
     @property
     def _max_batch(self) -> int:

@@ -1,20 +1,40 @@
-"""A KV cache with its room reserved up front, for our greedy decoding loop.
+"""A KV cache with its room reserved up front, for our greedy decoding loops.
 
 - transformers' DynamicCache grows by `torch.cat`, so every decoded token copies every layer's
   whole cache: with SmolLM2-135M at batch 8 and 1K-token prompts, that copy was about 45 % of a
   decode step under the profiler. Writing each new position into reserved room stores the same
   numbers without the copy.
-- The room lets a prompt prefilled alone be placed in its row (`place`), and lets continuous
-  batching drop columns no running row needs (`shift`); see `continuous.greedy_continuous`. On the
-  CPU a left-padded batch prefill is slower than the same prompts one by one (an explicit padding
-  mask instead of the causal kernel: 1.85 vs 1.54 s per 1K prompt, measured), and a prompt
-  prefilled alone is computed exactly as the naive loop computes it.
+- **Rows of their own** (continuous batching, `continuous.greedy_continuous`): inside `rows_at`,
+  every row holds its own sequence from column 0 and a step writes each row's new positions right
+  after its own last valid column, so rows of different lengths share the buffer with no padding
+  and a rejected draft column is simply overwritten by the next step. Attention then reads each
+  row's own columns (`row_attention.py`), exactly as when the prompt is decoded alone.
+- `place` puts a prompt prefilled alone into its row. On the CPU a left-padded batch prefill is
+  slower than the same prompts one by one (an explicit padding mask instead of the causal kernel:
+  1.85 vs 1.54 s per 1K prompt, measured), and a prompt prefilled alone is computed exactly as the
+  naive loop computes it.
 """
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+from contextvars import ContextVar
+
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
+
+# Each row's valid cache columns before the current step, while a step of rows of their own runs.
+ROW_ENDS: ContextVar[list[int] | None] = ContextVar("longctx_row_ends", default=None)
+
+
+@contextmanager
+def rows_at(ends: list[int]):
+    """Run a step in which row r's new positions go to its own columns ends[r], ends[r] + 1, ..."""
+    token = ROW_ENDS.set(list(ends))
+    try:
+        yield
+    finally:
+        ROW_ENDS.reset(token)
 
 
 class ReservedLayer(DynamicLayer):
@@ -36,34 +56,30 @@ class ReservedLayer(DynamicLayer):
 
     def update(self, key_states, value_states, *args, **kwargs):
         self._reserve(key_states.shape[0], key_states, value_states)
-        end = self.length + key_states.shape[-2]
+        span, ends = key_states.shape[-2], ROW_ENDS.get()
+        end = (max(ends) if ends is not None else self.length) + span
         if end > self.capacity:
             raise RuntimeError(f"reserved KV cache of {self.capacity} positions asked to hold {end}")
-        self._keys[:, :, self.length:end] = key_states
-        self._values[:, :, self.length:end] = value_states
-        self.length = end
+        if ends is None:  # one shared column range for every row (left padding)
+            self._keys[:, :, self.length:end] = key_states
+            self._values[:, :, self.length:end] = value_states
+        else:
+            for row, at in enumerate(ends):
+                self._keys[row, :, at:at + span] = key_states[row]
+                self._values[row, :, at:at + span] = value_states[row]
+        self.length = max(self.length, end)
         self._expose()
         return self.keys, self.values
 
-    def place(self, row: int, rows: int, offset: int, keys, values) -> None:
-        """Put one prompt's keys and values [1, H, n, D] in `row` of `rows`, from position
-        `offset` on (the positions before it are left padding: zeros, masked out)."""
+    def place(self, row: int, rows: int, keys, values) -> None:
+        """Put one prompt's keys and values [1, H, n, D] in `row` of `rows`, from column 0 (what
+        the row held past them lies beyond its end: never read)."""
         self._reserve(rows, keys, values)
-        end = offset + keys.shape[-2]
-        self._keys[row, :, offset:end] = keys[0]
-        self._values[row, :, offset:end] = values[0]
+        end = keys.shape[-2]
+        self._keys[row, :, :end] = keys[0]
+        self._values[row, :, :end] = values[0]
         self.length = max(self.length, end)
         self._expose()
-
-    def shift(self, m: int) -> None:
-        """Drop the first `m` positions of every row (all of them padding or finished rows'),
-        moving the rest to the front; keys carry their rotary positions, so nothing else changes."""
-        if self.is_initialized and m > 0:
-            keep = self.length - m
-            self._keys[:, :, :keep] = self._keys[:, :, m:self.length].clone()
-            self._values[:, :, :keep] = self._values[:, :, m:self.length].clone()
-            self.length = keep
-            self._expose()
 
     def batch_select_indices(self, indices) -> None:
         if self.is_initialized:

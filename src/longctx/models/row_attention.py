@@ -1,0 +1,71 @@
+"""Attention over each row's own cache columns, for steps of rows of their own (continuous batching).
+
+In continuous batching (`continuous.greedy_continuous`) every row of the batch holds a different
+prompt and answer from column 0 of the reserved cache (`kv_cache.rows_at`), so a step's rows end at
+different columns. Here each row's new positions attend over its own columns (and causally over
+each other); the columns past a row's end are masked.
+
+Grouped-query heads are packed: a group's query heads are laid out as extra query positions of
+their key/value head (the single-token `pack_gqa` trick transformers uses, extended to several
+positions), with the mask repeated to match: the same dot products and softmax without copying
+every key/value head per query head (`repeat_kv`, transformers' path whenever there is a mask on
+the CPU). SmolLM2-135M (9 query heads, 3 key/value heads) at batch 8, 1.1K cached positions and 5
+new ones measured 9.3 ms per layer with the copy, 3.0 ms with the kernel's own grouping and 2.4 ms
+packed; one SDPA call per row instead, 2.0 ms against 1.2 ms for the packed batch.
+
+Outside such a step (prefills, other loops) the function is transformers' own SDPA unchanged.
+"""
+
+from __future__ import annotations
+
+NAME = "longctx_row_sdpa"
+
+
+def row_sdpa_forward(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None,
+                     is_causal=None, **kwargs):
+    import torch
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    from .kv_cache import ROW_ENDS
+
+    ends = ROW_ENDS.get()
+    if ends is None:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      is_causal=is_causal, **kwargs)
+    if kwargs.get("sliding_window") or kwargs.get("softcap") or kwargs.get("position_bias") is not None or dropout:
+        raise NotImplementedError("rows of their own support plain full attention only")
+    batch, heads, span, dim = query.shape
+    width = max(ends) + span
+    groups = getattr(module, "num_key_value_groups", 1)
+    mask = row_mask(ends, span, width, query.device).repeat(1, 1, groups, 1)  # query head h = kv * groups + j
+    packed = query.reshape(batch, heads // groups, groups * span, dim)
+    out = torch.nn.functional.scaled_dot_product_attention(packed, key[:, :, :width], value[:, :, :width],
+                                                           attn_mask=mask, scale=scaling)
+    return out.reshape(batch, heads, span, dim).transpose(1, 2).contiguous(), None
+
+
+def row_mask(ends: list[int], span: int, width: int, device=None):
+    """[rows, 1, span, width] booleans: new position i of row r (column ends[r] + i) sees the row's
+    columns up to its own."""
+    import torch
+
+    cols = torch.arange(width, device=device)
+    last = torch.tensor(ends, device=device)[:, None] + torch.arange(span, device=device)  # [rows, span]
+    return (cols[None, None, :] <= last[:, :, None])[:, None]
+
+
+def use_row_attention(model) -> bool:
+    """Switch a model that uses transformers' SDPA attention to the row form (idempotent).
+    Returns whether the model now uses it."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
+
+    current = getattr(model.config, "_attn_implementation", None)
+    if current == NAME:
+        return True
+    if current != "sdpa":
+        return False
+    AttentionInterface.register(NAME, row_sdpa_forward)
+    AttentionMaskInterface.register(NAME, ALL_MASK_ATTENTION_FUNCTIONS["sdpa"])  # the same masks as SDPA
+    model.set_attn_implementation(NAME)
+    return model.config._attn_implementation == NAME
