@@ -104,10 +104,11 @@ def main():
     new_tokens = sum(len(model.tokenizer.encode(t)) for t in ref) / len(ref)
     same = sum(a == b for a, b in zip(ref, got))
     acc = sum(score(s.metric, t, s.targets) for s, t in zip(samples, got)) / len(samples)
+    ref_acc = sum(score(s.metric, t, s.targets) for s, t in zip(samples, ref)) / len(samples)
     print(f"naive loop : {ref_wall:7.1f} s wall  {ref_cpu:7.1f} CPU-s")
     print(f"hf backend : {wall:7.1f} s wall  {cpu:7.1f} CPU-s")
     print(f"speed-up   : {ref_wall / wall:.2f}x wall, {ref_cpu / cpu:.2f}x CPU; identical outputs {same}/{len(samples)}; "
-          f"score {acc:.3f}")
+          f"score {acc:.3f} (naive {ref_acc:.3f})")
     if args.ab_draft and args.draft_tokens:
         model.draft_tokens = 0
         plain, plain_wall, _ = timed(fast, model, samples)

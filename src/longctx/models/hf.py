@@ -5,8 +5,9 @@ Speed and memory care, all checked against transformers' own `generate` in the t
   families whose state is corrupted by padding (RWKV) are batched only with equal lengths;
 - only the last position's logits are computed on prefill (`logits_to_keep=1`);
 - attention models decode from a KV cache with reserved room (no copy per token); on the CPU
-  they batch continuously, each prompt prefilled alone and a row refilled as soon as its answer
-  ends, and each step verifies `draft_tokens` guesses looked up in the row's own prompt and answer
+  they batch continuously, each prompt prefilled alone (reusing the cache of a long prefix it
+  shares with the prompt before it) and a row refilled as soon as its answer ends, and each step
+  verifies `draft_tokens` guesses looked up in the row's own prompt and answer
   (`continuous.greedy_continuous`; still greedy decoding's tokens); elsewhere finished rows leave
   the batch (`greedy_shrinking`);
 - recurrent and hybrid models prefill in chunks, so peak memory does not grow with the prompt:
