@@ -255,6 +255,7 @@ def test_continuous_batching_refills_rows_and_equals_naive(checkpoints, bpe, mon
     from longctx.models import continuous, kv_cache
 
     model = load_model("hf", path=str(checkpoints["llama"]), batch_size=2, draft_tokens=draft)
+    assert model.call_size == 16  # the runner's default: a call brings more prompts than rows
     prompts = PROMPTS + ["two one " * 9, "sky grass " * 12 + "1234", "three " * 5]
     first = model.generate(prompts[:1], GenParams(max_new_tokens=12))[0].text
     common = bpe.encode(first)[-1] if bpe.encode(first) else 5  # a frequent token ends some answers early

@@ -187,3 +187,29 @@ def test_score_recomputes_from_stored_predictions(tmp_path, data_dir, capsys):
     assert "12 scores changed" in capsys.readouterr().out
     assert rows(db) == want
     assert main(["score", str(tmp_path / "nope.sqlite")]) == 2
+
+
+def test_calls_bring_the_backends_call_size_unless_the_spec_sets_batch(tmp_path, data_dir, monkeypatch):
+    """Without `batch`, the runner sends each adapter call as many samples as the backend asks for
+    (the hf backend's continuous batching needs more prompts than rows); `batch` overrides it."""
+    from longctx.models.mock import MockModel
+
+    sizes = []
+    real_generate = MockModel.generate
+    monkeypatch.setattr(MockModel, "generate", lambda self, prompts, params: sizes.append(len(prompts))
+                        or real_generate(self, prompts, params))
+    monkeypatch.setattr(MockModel, "call_size", 5, raising=False)
+    for batch, want in ((None, [5, 5, 2]), (3, [3, 3, 3, 3])):
+        sizes.clear()
+        folder = tmp_path / str(batch)
+        folder.mkdir()
+        spec = load_spec(write_spec(folder, data_dir, batch=batch, tasks=["niah_single_1"], samples=12))
+        store = RunStore(spec.db_path)
+        store.bind(spec.to_json(), spec.identity())
+        run(spec, store)
+        store.close()
+        assert sizes == want and len(rows(folder / "run.sqlite")) == 12
+    monkeypatch.delattr(MockModel, "call_size")
+    spec = load_spec(write_spec(tmp_path, data_dir, batch=None))
+    from longctx.runner import call_size
+    assert call_size(spec, MockModel()) == 8

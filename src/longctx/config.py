@@ -41,7 +41,7 @@ class RunSpec:
     generation: dict = field(default_factory=dict)
     data_dir: str | None = None
     db: str | None = None
-    batch: int = 8  # samples per adapter call and per database transaction
+    batch: int | None = None  # samples per adapter call and per database transaction (None: the backend's call_size)
 
     def identity(self) -> str:
         """What stored rows depend on; a run whose identity changed must not be resumed."""
@@ -154,7 +154,8 @@ def parse_spec(raw: dict) -> RunSpec:
     spec = RunSpec(name=name, models=models, tasks=tasks, lengths=lengths,
                    samples=_positive(raw, "samples", 5), seed=_typed(raw, "seed", int, 42), depths=depths,
                    formats=formats, generation=dict(generation), data_dir=_typed(raw, "data_dir", str, None),
-                   db=_typed(raw, "db", str, None), batch=_positive(raw, "batch", 8))
+                   db=_typed(raw, "db", str, None),
+                   batch=_positive(raw, "batch", 1) if raw.get("batch") is not None else None)
     _check_tasks(spec)
     return spec
 

@@ -106,12 +106,23 @@ def run(spec: RunSpec, store: RunStore, progress=None, executor: str = "local", 
             for length in spec.lengths:
                 label = f"{task.name}@{length}"
                 todo = open_cell(store, model_spec.name, cache.get(task, length, spec.samples, ctx), label, progress)
-                for start in range(0, len(todo), spec.batch):
-                    batch = todo[start:start + spec.batch]
+                size = call_size(spec, adapter)
+                for start in range(0, len(todo), size):
+                    batch = todo[start:start + size]
                     completions = run_batch(adapter, batch)
                     store.write_batch(model_spec.name, batch, completions, score_batch(batch, completions))
                     if progress:
                         progress(model_spec.name, label, len(batch))
+
+
+DEFAULT_CALL_SIZE = 8
+
+
+def call_size(spec: RunSpec, adapter=None) -> int:
+    """Samples per adapter call (and per stored transaction): the spec's `batch`, else what the
+    backend asks for (`call_size`: the hf backend's continuous batching keeps its rows full only
+    when a call brings more prompts than rows), else 8."""
+    return spec.batch or getattr(adapter, "call_size", None) or DEFAULT_CALL_SIZE
 
 
 def model_context(spec: RunSpec, model_spec: ModelSpec, adapter) -> GenContext:

@@ -23,10 +23,15 @@ def _worker_class():
             from .models import load_model
             from .runner import model_context
 
-            self.model_spec = model_spec
+            self.spec, self.model_spec = spec, model_spec
             self.adapter = load_model(model_spec.backend, **model_spec.args)
             self.ctx = model_context(spec, model_spec, self.adapter)
             self.cache, self.cells, self.n = SampleCache(), {}, spec.samples
+
+        def call_size(self) -> int:
+            from .runner import call_size
+
+            return call_size(self.spec, self.adapter)
 
         def info(self) -> dict:
             from .runner import model_info
@@ -83,13 +88,14 @@ def _run_model(spec, store, model_spec, tasks, pool, progress) -> None:
 
     pending = {}
     turn = 0
+    size = ray.get(pool[0].call_size.remote())
     for task in tasks:
         for length in spec.lengths:
             label = f"{task.name}@{length}"
             samples = ray.get(pool[turn % len(pool)].samples.remote(task, length))
             todo = [s.id for s in open_cell(store, model_spec.name, samples, label, progress)]
-            for start in range(0, len(todo), spec.batch):
-                ref = pool[turn % len(pool)].predict.remote(task, length, todo[start:start + spec.batch])
+            for start in range(0, len(todo), size):
+                ref = pool[turn % len(pool)].predict.remote(task, length, todo[start:start + size])
                 pending[ref] = label
                 turn += 1
     while pending:  # write each batch as soon as any worker returns it

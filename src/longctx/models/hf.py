@@ -131,6 +131,12 @@ class HFModel:
                 and not (self.prefill_chunk and max(len(encoded[i]) for i in todo) > self.prefill_chunk))
 
     @property
+    def call_size(self) -> int:
+        """Prompts per call the runner sends by default: continuous batching refills a row from
+        the call's queue, so a call of only `batch_size` prompts would leave rows empty as answers end."""
+        return 8 * self.batch_size
+
+    @property
     def _max_batch(self) -> int:
         # transformers' RWKV mixes the rows of a batch when it decodes one token from a state
         # (extract_key_value broadcasts a [B, H] shift against [B, 1, H]): one prompt at a time.
