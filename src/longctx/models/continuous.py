@@ -12,9 +12,11 @@ the CPU, token for token what `generate` gives one prompt at a time.
   drop. A row's numbers still differ from the naive loop's in the last bits, because the matrix
   kernels accumulate in an order that depends on how many rows they get: in float32 that left
   SmolLM2's tokens identical (100 of 100 answers); in bfloat16, where each product is rounded to
-  8 bits, 92 of 100. Measured on the kernels in bfloat16: of SmolLM2's matrix products only the
-  MLP down-projection (1536 -> 576) gives a row other bits in a batch than alone, and the
-  attention kernel does when masked columns follow a row's own.
+  8 bits, 92 of 100. Measured on the kernels in bfloat16: the MLP down-projection (1536 -> 576)
+  gives a row other bits in a batch of some sizes than alone, and attention does when masked
+  columns follow a row's own. A bit-exact bfloat16 mode (one attention call per row, such
+  products split into one call per row) was tried and dropped: which row counts change the bits
+  depends on the weights and data, not only on the shapes, so it cannot be probed reliably.
 - **Draft tokens from the prompt** (prompt-lookup decoding). A model's answer to a RULER prompt
   largely copies the prompt (the needle's sentence, the question's wording) or repeats itself.
   Each step feeds every row its last token plus `draft` tokens guessed by finding the row's last
