@@ -91,7 +91,7 @@ def greedy_continuous(model, rows: list[list[int]], max_new: int, eos_ids: set[i
     lookup: list[PromptLookup | None] = [None] * n
     last = [0] * n  # each slot's newest token, decided but not yet in the cache
     ends = [0] * n  # each slot's valid cache columns (= the position of its `last`)
-    previous: list = []  # the prompt prefilled last and its own cache
+    previous: list = []  # the prefix the next prompt shares with the one prefilled last, and its cache
 
     def prefill(tokens: list[int]):
         """The prompt's own cache and the logits at its last position, reusing the previous
@@ -105,7 +105,9 @@ def greedy_continuous(model, rows: list[list[int]], max_new: int, eos_ids: set[i
             shared = 0
         out = model(input_ids=torch.tensor([tokens[shared:]]), past_key_values=alone, use_cache=True,
                     logits_to_keep=1)
-        previous[:] = [tokens, alone]
+        # Kept only when the next prompt in the queue will reuse it (a long prompt's cache is large).
+        ahead = shared_prefix(tokens, rows[queue[0]]) if queue else 0
+        previous[:] = [tokens[:ahead], alone] if ahead >= MIN_SHARED else []
         return alone, out.logits
 
     def admit(slot: int) -> list[int]:
