@@ -101,12 +101,11 @@ def run(spec: RunSpec, store: RunStore, progress=None, executor: str = "local", 
         adapter = load_model(model_spec.backend, **model_spec.args)
         ctx = model_context(spec, model_spec, adapter)
         store.set_model_info(model_spec.name, model_info(model_spec, adapter))
-        cache = SampleCache()
+        cache, size = SampleCache(), call_size(spec, adapter)
         for task in p.tasks:
             for length in spec.lengths:
                 label = f"{task.name}@{length}"
                 todo = open_cell(store, model_spec.name, cache.get(task, length, spec.samples, ctx), label, progress)
-                size = call_size(spec, adapter)
                 for start in range(0, len(todo), size):
                     batch = todo[start:start + size]
                     completions = run_batch(adapter, batch)

@@ -8,7 +8,7 @@
   every row holds its own sequence from column 0 and a step writes each row's new positions right
   after its own last valid column, so rows of different lengths share the buffer with no padding
   and a rejected draft column is simply overwritten by the next step. Attention then reads each
-  row's own columns (`row_attention.py`), exactly as when the prompt is decoded alone.
+  row's own columns (`row_attention.py`; the columns past a row's end are masked).
 - `place` puts a prompt prefilled alone into its row. On the CPU a left-padded batch prefill is
   slower than the same prompts one by one (an explicit padding mask instead of the causal kernel:
   1.85 vs 1.54 s per 1K prompt, measured), and a prompt prefilled alone is computed exactly as the
