@@ -9,7 +9,8 @@ runs share one loaded model, so only the generation strategy differs. It also ti
 alone (one forward per prompt, last-position logits only) on the first samples: batching and
 decoding strategy can only save the rest, so naive / prefill is the ceiling of any such speed-up
 (the backend also reuses the cache of prefixes prompts share; the script prints how much of the
-prompts that skips).
+prompts that skips). It also prints how the backend's time splits between its prefills and its
+decode steps.
 """
 
 from __future__ import annotations
@@ -50,6 +51,31 @@ def fast(model, samples):
         for i, c in zip(idx, model.generate([samples[i].full_prompt for i in idx], GenParams(ttg))):
             out[i] = c.text
     return out
+
+
+class ForwardTimer:
+    """Wall seconds the backend spends in the model's forward: prefills (one prompt alone) apart
+    from decode steps (rows of their own, `kv_cache.ROW_ENDS` set), to show which one bounds it."""
+
+    def __init__(self, model):
+        from longctx.models.kv_cache import ROW_ENDS
+
+        self.seconds = {"prefill": 0.0, "decode": 0.0}
+        self.calls = {"prefill": 0, "decode": 0}
+        inner = model.model.forward
+
+        def timed_forward(*args, **kwargs):
+            start = time.perf_counter()
+            out = inner(*args, **kwargs)
+            kind = "decode" if ROW_ENDS.get() is not None else "prefill"
+            self.seconds[kind] += time.perf_counter() - start
+            self.calls[kind] += 1
+            return out
+
+        model.model.forward = timed_forward
+
+    def __str__(self):
+        return ", ".join(f"{kind} {self.seconds[kind]:.1f} s ({self.calls[kind]} calls)" for kind in self.seconds)
 
 
 def prefill_only(model, samples):
@@ -97,7 +123,9 @@ def main():
     print(f"{len(samples)} samples of {', '.join(TASKS)} at {args.length} tokens; SmolLM2-135M-Instruct (hf, {args.dtype}, "
           f"{torch.get_num_threads()} threads), batch size {args.batch_size}, {args.draft_tokens} draft tokens")
     ref, ref_wall, ref_cpu = timed(naive, model, samples)
+    timer = ForwardTimer(model)
     got, wall, cpu = timed(fast, model, samples)
+    split = str(timer)
     probe = samples[:: max(1, len(samples) // args.prefill_probe)][: args.prefill_probe]  # across the tasks
     _, pre_wall, _ = timed(prefill_only, model, probe)
     pre = pre_wall / len(probe)
@@ -106,7 +134,7 @@ def main():
     acc = sum(score(s.metric, t, s.targets) for s, t in zip(samples, got)) / len(samples)
     ref_acc = sum(score(s.metric, t, s.targets) for s, t in zip(samples, ref)) / len(samples)
     print(f"naive loop : {ref_wall:7.1f} s wall  {ref_cpu:7.1f} CPU-s")
-    print(f"hf backend : {wall:7.1f} s wall  {cpu:7.1f} CPU-s")
+    print(f"hf backend : {wall:7.1f} s wall  {cpu:7.1f} CPU-s; in the model's forward: {split}")
     print(f"speed-up   : {ref_wall / wall:.2f}x wall, {ref_cpu / cpu:.2f}x CPU; identical outputs {same}/{len(samples)}; "
           f"score {acc:.3f} (naive {ref_acc:.3f})")
     if args.ab_draft and args.draft_tokens:
