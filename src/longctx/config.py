@@ -154,8 +154,7 @@ def parse_spec(raw: dict) -> RunSpec:
     spec = RunSpec(name=name, models=models, tasks=tasks, lengths=lengths,
                    samples=_positive(raw, "samples", 5), seed=_typed(raw, "seed", int, 42), depths=depths,
                    formats=formats, generation=dict(generation), data_dir=_typed(raw, "data_dir", str, None),
-                   db=_typed(raw, "db", str, None),
-                   batch=_positive(raw, "batch", 1) if raw.get("batch") is not None else None)
+                   db=_typed(raw, "db", str, None), batch=_positive(raw, "batch", None))
     _check_tasks(spec)
     return spec
 
@@ -205,9 +204,9 @@ def _typed(raw: dict, key: str, kind, default=...):
     return value
 
 
-def _positive(raw: dict, key: str, default: int) -> int:
+def _positive(raw: dict, key: str, default: int | None) -> int | None:
     value = _typed(raw, key, int, default)
-    if value < 1:
+    if value is not None and value < 1:
         raise UsageError(f"{key} must be at least 1, not {value}")
     return value
 

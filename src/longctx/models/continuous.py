@@ -91,23 +91,24 @@ def greedy_continuous(model, rows: list[list[int]], max_new: int, eos_ids: set[i
     lookup: list[PromptLookup | None] = [None] * n
     last = [0] * n  # each slot's newest token, decided but not yet in the cache
     ends = [0] * n  # each slot's valid cache columns (= the position of its `last`)
-    previous: list = []  # the prefix the next prompt shares with the one prefilled last, and its cache
+    # The leading tokens the next prompt shares with the one prefilled last, and that one's cache;
+    # empty unless they are at least MIN_SHARED (a long prompt's cache is large: keep it only when
+    # it will be reused). The next prompt prefilled is always the queue's head (`admit`).
+    reusable: list = []
 
     def prefill(tokens: list[int]):
         """The prompt's own cache and the logits at its last position, reusing the previous
         prompt's cache for their common prefix when it has at least MIN_SHARED tokens."""
         alone = DynamicCache(config=model.config)
-        shared = shared_prefix(previous[0], tokens) if previous else 0
-        if shared >= MIN_SHARED:
-            for i, layer in enumerate(previous[1].layers):
+        shared = 0
+        if reusable:
+            shared, before = reusable
+            for i, layer in enumerate(before.layers):
                 alone.update(layer.keys[:, :, :shared], layer.values[:, :, :shared], i)
-        else:
-            shared = 0
         out = model(input_ids=torch.tensor([tokens[shared:]]), past_key_values=alone, use_cache=True,
                     logits_to_keep=1)
-        # Kept only when the next prompt in the queue will reuse it (a long prompt's cache is large).
         ahead = shared_prefix(tokens, rows[queue[0]]) if queue else 0
-        previous[:] = [tokens[:ahead], alone] if ahead >= MIN_SHARED else []
+        reusable[:] = [ahead, alone] if ahead >= MIN_SHARED else []
         return alone, out.logits
 
     def admit(slot: int) -> list[int]:
