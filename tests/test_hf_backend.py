@@ -203,7 +203,7 @@ def test_rows_of_their_own_compute_what_each_row_computes_alone():
     from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
 
     from longctx.models.kv_cache import reserved_cache, rows_at
-    from longctx.models.row_attention import use_row_attention
+    from longctx.models.row_attention import step_mask, use_row_attention
 
     torch.manual_seed(0)
     config = LlamaConfig(vocab_size=64, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
@@ -232,6 +232,7 @@ def test_rows_of_their_own_compute_what_each_row_computes_alone():
             for layer, own in zip(cache.layers, alone.layers):
                 layer.place(row, 3, own.keys, own.values)
         ends = [p.shape[1] for p in prompts]
+        step_mask.cache_clear()
         with rows_at(ends):
             first = model(input_ids=new, position_ids=torch.tensor(ends)[:, None] + torch.arange(3),
                           past_key_values=cache, use_cache=True).logits
@@ -239,6 +240,8 @@ def test_rows_of_their_own_compute_what_each_row_computes_alone():
         with rows_at(ends):
             second = model(input_ids=again, position_ids=torch.tensor(ends)[:, None] + torch.arange(2),
                            past_key_values=cache, use_cache=True).logits
+    masks = step_mask.cache_info()  # each step's mask built by its first layer, reused by the second
+    assert (masks.misses, masks.hits) == (2, 2), masks
     for row, (w1, w2) in enumerate(want):
         assert torch.allclose(first[row], w1, atol=1e-5) and torch.allclose(second[row], w2, atol=1e-5), row
     eager = LlamaForCausalLM(LlamaConfig(**{**config.to_dict(), "attn_implementation": "eager"}))

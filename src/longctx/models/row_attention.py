@@ -18,6 +18,8 @@ Outside such a step (prefills, other loops) the function is transformers' own SD
 
 from __future__ import annotations
 
+import functools
+
 NAME = "longctx_row_sdpa"
 
 
@@ -37,11 +39,18 @@ def row_sdpa_forward(module, query, key, value, attention_mask, dropout: float =
     batch, heads, span, dim = query.shape
     width = max(ends) + span
     groups = getattr(module, "num_key_value_groups", 1)
-    mask = row_mask(ends, span, width, query.device).repeat(1, 1, groups, 1)  # query head h = kv * groups + j
+    mask = step_mask(tuple(ends), span, width, groups, query.device)
     packed = query.reshape(batch, heads // groups, groups * span, dim)
     out = torch.nn.functional.scaled_dot_product_attention(packed, key[:, :, :width], value[:, :, :width],
                                                            attn_mask=mask, scale=scaling)
     return out.reshape(batch, heads, span, dim).transpose(1, 2).contiguous(), None
+
+
+@functools.lru_cache(maxsize=1)
+def step_mask(ends: tuple[int, ...], span: int, width: int, groups: int, device):
+    """row_mask with its heads repeated for the packed query groups (query head h = kv * groups + j),
+    built once per step: every layer of a step asks for the same one (the key is the whole step)."""
+    return row_mask(list(ends), span, width, device).repeat(1, 1, groups, 1)
 
 
 def row_mask(ends: list[int], span: int, width: int, device=None):
