@@ -48,19 +48,15 @@ def row_sdpa_forward(module, query, key, value, attention_mask, dropout: float =
 
 @functools.lru_cache(maxsize=1)
 def step_mask(ends: tuple[int, ...], span: int, width: int, groups: int, device):
-    """row_mask with its heads repeated for the packed query groups (query head h = kv * groups + j),
-    built once per step: every layer of a step asks for the same one (the key is the whole step)."""
-    return row_mask(list(ends), span, width, device).repeat(1, 1, groups, 1)
-
-
-def row_mask(ends: list[int], span: int, width: int, device=None):
-    """[rows, 1, span, width] booleans: new position i of row r (column ends[r] + i) sees the row's
-    columns up to its own."""
+    """[rows, 1, groups * span, width] booleans: new position i of row r (column ends[r] + i) sees
+    the row's columns up to its own, repeated for each query head of a packed group (query head
+    h = kv * groups + j). Built once per step: every layer of a step asks for the same one (the
+    key is the whole step)."""
     import torch
 
     cols = torch.arange(width, device=device)
     last = torch.tensor(ends, device=device)[:, None] + torch.arange(span, device=device)  # [rows, span]
-    return (cols[None, None, :] <= last[:, :, None])[:, None]
+    return (cols[None, None, :] <= last[:, :, None])[:, None].repeat(1, 1, groups, 1)
 
 
 def use_row_attention(model) -> bool:
