@@ -86,6 +86,41 @@ def test_equal_length_prompts_batched_in_the_stateful_loop_equal_naive(family, c
     assert got == [naive(fast.model, bpe, p, 6) for p in prompts]
 
 
+def test_rwkv6_checkpoint_code_is_never_padded_and_its_head_sees_only_the_last_position(tmp_path, bpe):
+    """RWKV/rwkv-6-world-3b-v2.1 runs on its own code, whose forward ignores the attention mask and
+    has no logits_to_keep (stand-in with that interface: tiny_models.STATE_LM_CODE). Prompts of
+    different lengths, prefilled in chunks and batched when their lengths are equal, must give
+    what each gives alone in one uncached pass per token, and the output head must never compute
+    more than one position (at 16K tokens that would be 4 GiB of logits per row)."""
+    from tiny_models import make_state_lm_checkpoint
+
+    folder = make_state_lm_checkpoint(tmp_path / "rwkv6", bpe)
+    assert load_model("hf", path=str(folder), trust_remote_code=True).prefill_chunk == 2048
+    model = load_model("hf", path=str(folder), trust_remote_code=True, batch_size=4, prefill_chunk=16)
+    assert model.family == "rwkv6"
+
+    def uncached(prompt: str, max_new: int) -> str:
+        ids = bpe.encode(prompt)
+        new = []
+        for _ in range(max_new):
+            new.append(int(model.model(input_ids=torch.tensor([ids + new])).logits[0, -1].argmax()))
+            if new[-1] in model.eos_ids:
+                break
+        return bpe.decode(new)
+
+    prompts = PROMPTS + ["four three two one " * 10, "two one four three " * 10]  # as long as PROMPTS[2]
+    encoded = [bpe.encode(p) for p in prompts]
+    batches = model._batches(list(range(len(prompts))), encoded)
+    assert all(len({len(encoded[i]) for i in b}) == 1 for b in batches) and max(map(len, batches)) == 3
+    heads = []
+    hook = model.model.get_output_embeddings().register_forward_hook(lambda m, a, out: heads.append(out.shape[1]))
+    got = model.generate(prompts, GenParams(max_new_tokens=6))
+    hook.remove()
+    assert set(heads) == {1}
+    assert [c.prompt_tokens for c in got] == [len(e) for e in encoded]
+    assert [c.text for c in got] == [uncached(p, 6) for p in prompts]
+
+
 def test_over_budget_is_a_failed_row_never_a_truncation(checkpoints, bpe):
     model = load_model("hf", path=str(checkpoints["llama"]), max_context=40)
     long, short = "word " * 60, "a b c"

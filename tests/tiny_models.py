@@ -103,3 +103,88 @@ def make_mamba_ssm_checkpoint(kind: str, folder: Path, tokenizer, seed: int = 0,
         torch.save(state, folder / "pytorch_model.bin")
     tokenizer.hf.save_pretrained(folder)
     return folder
+
+
+# A checkpoint that ships its own modelling code with the interface of RWKV/rwkv-6-world-3b-v2.1's
+# (trust_remote_code): model_type "rwkv6", a `state` list taken and returned, an attention mask
+# taken and ignored, logits computed for every position, no `logits_to_keep` and no **kwargs. The
+# recurrence itself is a toy (a decaying sum per layer), written here, not RWKV-6's.
+STATE_LM_CODE = '''
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import GenerationMixin, PretrainedConfig, PreTrainedModel
+from transformers.utils import ModelOutput
+
+
+class StateLMConfig(PretrainedConfig):
+    model_type = "rwkv6"
+
+    def __init__(self, vocab_size=64, hidden_size=16, num_hidden_layers=2, **kwargs):
+        self.vocab_size, self.hidden_size, self.num_hidden_layers = vocab_size, hidden_size, num_hidden_layers
+        super().__init__(**kwargs)
+
+
+@dataclass
+class StateLMOutput(ModelOutput):
+    logits: torch.FloatTensor = None
+    state: list = None
+
+
+class StateLMForCausalLM(PreTrainedModel, GenerationMixin):
+    config_class = StateLMConfig
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.embeddings = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.mix = nn.ModuleList(nn.Linear(config.hidden_size, config.hidden_size)
+                                 for _ in range(config.num_hidden_layers))
+        self.decay = nn.Parameter(torch.rand(config.num_hidden_layers, config.hidden_size))
+        self.head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+    def get_output_embeddings(self):
+        return self.head
+
+    def prepare_inputs_for_generation(self, input_ids, state=None, inputs_embeds=None, **kwargs):
+        if state is not None:
+            input_ids = input_ids[:, -1:]
+        return {"input_ids": input_ids, "state": state}
+
+    def forward(self, input_ids=None, attention_mask=None, inputs_embeds=None, state=None, labels=None,
+                use_cache=None, output_attentions=None, output_hidden_states=None, return_dict=None):
+        hidden = self.embeddings(input_ids)
+        if state is None:
+            state = [torch.zeros(hidden.shape[0], hidden.shape[2], len(self.mix))]
+        for layer, mix in enumerate(self.mix):
+            carried, outputs = state[0][:, :, layer], []
+            for t in range(hidden.shape[1]):
+                carried = torch.sigmoid(self.decay[layer]) * carried + torch.tanh(mix(hidden[:, t]))
+                outputs.append(carried)
+            state[0][:, :, layer] = carried
+            hidden = hidden + torch.stack(outputs, dim=1)
+        return StateLMOutput(logits=self.head(hidden), state=state)
+'''
+
+
+def make_state_lm_checkpoint(folder: Path, tokenizer, seed: int = 0) -> Path:
+    """Save a random model of STATE_LM_CODE, its code, and `tokenizer` into `folder`, as a hub
+    download of a checkpoint with its own modelling code leaves them."""
+    import importlib.util
+
+    import torch
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "modeling_state_lm.py").write_text(STATE_LM_CODE)
+    spec = importlib.util.spec_from_file_location("modeling_state_lm", folder / "modeling_state_lm.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    torch.manual_seed(seed)
+    config = module.StateLMConfig(vocab_size=len(tokenizer.hf), bos_token_id=1, eos_token_id=2, pad_token_id=2)
+    config.auto_map = {"AutoConfig": "modeling_state_lm.StateLMConfig",
+                       "AutoModelForCausalLM": "modeling_state_lm.StateLMForCausalLM"}
+    config.architectures = ["StateLMForCausalLM"]
+    module.StateLMForCausalLM(config).save_pretrained(folder)
+    tokenizer.hf.save_pretrained(folder)
+    return folder

@@ -18,6 +18,7 @@ Speed and memory care, all checked against transformers' own `generate` in the t
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Sequence
 
@@ -25,15 +26,19 @@ from ..errors import UsageError
 from ..tokenizer import Tokenizer, _file_sha256, default_cache_dir, load_tokenizer
 from .base import Completion, GenParams, cut_at_stop, triage
 from .continuous import greedy_continuous
-from .stateful import STATEFUL_FAMILIES, greedy_shrinking, greedy_stateful
+from .stateful import STATE_LIST_FAMILIES, STATEFUL_FAMILIES, greedy_shrinking, greedy_stateful, takes_logits_to_keep
 
 # Pure attention decoders whose KV cache can drop finished rows mid-batch (tested per family).
 SHRINKABLE = {"llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "phi3", "olmo", "olmo2",
               "granite", "smollm3", "starcoder2"}
 
 # Families with a recurrent state: prefill in chunks by default.
-RECURRENT_FAMILIES = {"mamba", "mamba2", "rwkv", "bamba", "zamba2", "falcon_h1", "nemotron_h",
+RECURRENT_FAMILIES = {"mamba", "mamba2", "rwkv", "rwkv6", "bamba", "zamba2", "falcon_h1", "nemotron_h",
                       "recurrent_gemma", "jamba", "granitemoehybrid"}
+# Families never padded: transformers' RWKV and the RWKV-6 checkpoints' own code ignore the
+# attention mask, so a left-padded row's state would take in its padding. They always run
+# through stateful.py's loop, batched only with prompts of the same length.
+NEVER_PADDED = STATE_LIST_FAMILIES | {"mamba_ssm"}
 # transformers' RecurrentGemma restarts its state on every multi-token call, so it cannot be
 # prefilled in chunks; it runs in one pass (its attention is windowed, its recurrence O(1)).
 UNCHUNKABLE = {"recurrent_gemma"}
@@ -90,7 +95,7 @@ class HFModel:
     def _stateful(self, n_tokens: int) -> bool:
         """Whether a prompt of n tokens runs through our chunked loop (then it is batched only with
         prompts of the same length: the loop does not pad)."""
-        if self.family in ("rwkv", "mamba_ssm"):
+        if self.family in NEVER_PADDED:
             return True
         return self.family in STATEFUL_FAMILIES and self.prefill_chunk is not None and n_tokens > self.prefill_chunk
 
@@ -99,21 +104,22 @@ class HFModel:
 
         encoded = [self.tokenizer.encode(p) for p in prompts]
         results, todo = triage(encoded, params.max_new_tokens, self.max_context)
-        if self._continuous(todo, encoded):
-            for band in _length_bands(sorted(todo, key=lambda i: len(encoded[i])), encoded):
+        with _head_on_last_position(self.model):
+            if self._continuous(todo, encoded):
+                for band in _length_bands(sorted(todo, key=lambda i: len(encoded[i])), encoded):
+                    start = time.perf_counter()
+                    with torch.no_grad():
+                        rows = greedy_continuous(self.model, [encoded[i] for i in band], params.max_new_tokens,
+                                                 self.eos_ids, self._max_batch, self.draft_tokens)
+                    if rows is None:  # no rows of their own (sliding windows, eager attention): fixed batches below
+                        break
+                    self._record(results, band, rows, encoded, params, start)
+                    todo = [i for i in todo if results[i] is None]
+            for batch in self._batches(todo, encoded):
                 start = time.perf_counter()
-                with torch.no_grad():
-                    rows = greedy_continuous(self.model, [encoded[i] for i in band], params.max_new_tokens,
-                                             self.eos_ids, self._max_batch, self.draft_tokens)
-                if rows is None:  # no rows of their own (sliding windows, eager attention): fixed batches below
-                    break
-                self._record(results, band, rows, encoded, params, start)
-                todo = [i for i in todo if results[i] is None]
-        for batch in self._batches(todo, encoded):
-            start = time.perf_counter()
-            with torch.no_grad():  # local: the lab trains in the process that evaluated before
-                rows = self._generate_batch([encoded[i] for i in batch], params.max_new_tokens)
-            self._record(results, batch, rows, encoded, params, start)
+                with torch.no_grad():  # local: the lab trains in the process that evaluated before
+                    rows = self._generate_batch([encoded[i] for i in batch], params.max_new_tokens)
+                self._record(results, batch, rows, encoded, params, start)
         return results  # type: ignore[return-value]
 
     def _record(self, results: list, indices: list[int], rows: list[list[int]], encoded: list[list[int]],
@@ -179,6 +185,24 @@ class HFModel:
                                   num_beams=1, pad_token_id=self.pad_id, eos_token_id=sorted(self.eos_ids),
                                   top_k=None, top_p=None, temperature=None, **extra)[:, width:]
         return [_until_eos(row.tolist(), self.eos_ids) for row in out]
+
+
+@contextmanager
+def _head_on_last_position(model):
+    """For a model whose forward takes no `logits_to_keep` (the RWKV-6 checkpoints' own code),
+    feed its output head only the last position while we generate. Otherwise a 16K prompt would
+    materialise [16K, 65536] logits (4 GiB in float32 for RWKV's vocabulary). The loops that reach
+    such a model (stateful.py, transformers' `generate`) read only the last position's logits;
+    continuous batching, which reads more, takes only transformers' own attention classes."""
+    head = getattr(model, "get_output_embeddings", lambda: None)()
+    if head is None or takes_logits_to_keep(model):
+        yield
+        return
+    handle = head.register_forward_pre_hook(lambda module, args: (args[0][:, -1:], *args[1:]))
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 def _length_bands(order: list[int], encoded: list[list[int]]) -> list[list[int]]:

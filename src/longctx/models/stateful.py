@@ -1,6 +1,7 @@
 """Greedy decoding with chunked prefill for the transformers families whose cache `generate`
-cannot prefill in chunks (Mamba2 keeps `cache_params`, RWKV a `state` list), and for our own
-`MixerLM` (mamba_ssm checkpoints).
+cannot prefill in chunks (Mamba2 keeps `cache_params`, RWKV a `state` list), for the RWKV-6
+checkpoints' own code (the same `state` interface), and for our own `MixerLM` (mamba_ssm
+checkpoints).
 
 Feeding the prompt in chunks of `chunk` tokens and carrying the recurrent state between them
 gives the same logits as one pass (checked in the tests) while the activations, and so the
@@ -9,7 +10,11 @@ peak memory, stay those of one chunk whatever the prompt length.
 
 from __future__ import annotations
 
-STATEFUL_FAMILIES = {"mamba2", "rwkv", "mamba_ssm"}  # mamba_ssm: our MixerLM
+# Families whose forward takes and returns a `state` list: transformers' RWKV (v4) and `rwkv6`,
+# the model_type of the code that RWKV/rwkv-6-world-3b-v2.1 ships (trust_remote_code). That code's
+# forward has no logits_to_keep (hf.py feeds its head the last position only).
+STATE_LIST_FAMILIES = {"rwkv", "rwkv6"}
+STATEFUL_FAMILIES = {"mamba2", "mamba_ssm"} | STATE_LIST_FAMILIES  # mamba_ssm: our MixerLM
 
 
 def _step(model, family: str, ids, state):
@@ -23,8 +28,17 @@ def _step(model, family: str, ids, state):
             state = DynamicCache(config=model.config)
         out = model(input_ids=ids, cache_params=state, use_cache=True, logits_to_keep=1)
         return out.logits[:, -1], out.cache_params
-    out = model(input_ids=ids, state=state, use_cache=True, logits_to_keep=1)
+    keep = {"logits_to_keep": 1} if takes_logits_to_keep(model) else {}
+    out = model(input_ids=ids, state=state, use_cache=True, **keep)
     return out.logits[:, -1], out.state
+
+
+def takes_logits_to_keep(model) -> bool:
+    """Whether the model's forward names `logits_to_keep` (transformers' own classes do; a
+    checkpoint's own code may not, and one that takes **kwargs would silently ignore it)."""
+    import inspect
+
+    return "logits_to_keep" in inspect.signature(model.forward).parameters
 
 
 def greedy_stateful(model, family: str, ids, max_new: int, eos_ids: set[int], chunk: int | None):
