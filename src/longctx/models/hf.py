@@ -104,22 +104,21 @@ class HFModel:
 
         encoded = [self.tokenizer.encode(p) for p in prompts]
         results, todo = triage(encoded, params.max_new_tokens, self.max_context)
-        with _head_on_last_position(self.model):
-            if self._continuous(todo, encoded):
-                for band in _length_bands(sorted(todo, key=lambda i: len(encoded[i])), encoded):
-                    start = time.perf_counter()
-                    with torch.no_grad():
-                        rows = greedy_continuous(self.model, [encoded[i] for i in band], params.max_new_tokens,
-                                                 self.eos_ids, self._max_batch, self.draft_tokens)
-                    if rows is None:  # no rows of their own (sliding windows, eager attention): fixed batches below
-                        break
-                    self._record(results, band, rows, encoded, params, start)
-                    todo = [i for i in todo if results[i] is None]
-            for batch in self._batches(todo, encoded):
+        if self._continuous(todo, encoded):
+            for band in _length_bands(sorted(todo, key=lambda i: len(encoded[i])), encoded):
                 start = time.perf_counter()
-                with torch.no_grad():  # local: the lab trains in the process that evaluated before
-                    rows = self._generate_batch([encoded[i] for i in batch], params.max_new_tokens)
-                self._record(results, batch, rows, encoded, params, start)
+                with torch.no_grad():
+                    rows = greedy_continuous(self.model, [encoded[i] for i in band], params.max_new_tokens,
+                                             self.eos_ids, self._max_batch, self.draft_tokens)
+                if rows is None:  # no rows of their own (sliding windows, eager attention): fixed batches below
+                    break
+                self._record(results, band, rows, encoded, params, start)
+                todo = [i for i in todo if results[i] is None]
+        for batch in self._batches(todo, encoded):
+            start = time.perf_counter()
+            with torch.no_grad(), _head_on_last_position(self.model):  # no_grad local: the lab trains in this process
+                rows = self._generate_batch([encoded[i] for i in batch], params.max_new_tokens)
+            self._record(results, batch, rows, encoded, params, start)
         return results  # type: ignore[return-value]
 
     def _record(self, results: list, indices: list[int], rows: list[list[int]], encoded: list[list[int]],
@@ -191,9 +190,9 @@ class HFModel:
 def _head_on_last_position(model):
     """For a model whose forward takes no `logits_to_keep` (the RWKV-6 checkpoints' own code),
     feed its output head only the last position while we generate. Otherwise a 16K prompt would
-    materialise [16K, 65536] logits (4 GiB in float32 for RWKV's vocabulary). The loops that reach
-    such a model (stateful.py, transformers' `generate`) read only the last position's logits;
-    continuous batching, which reads more, takes only transformers' own attention classes."""
+    materialise [16K, 65536] logits (4 GiB in float32 for RWKV's vocabulary). Used only around
+    the fixed-batch loops (stateful.py, greedy_shrinking, transformers' `generate`), which read
+    only the last position's logits; continuous batching reads more."""
     head = getattr(model, "get_output_embeddings", lambda: None)()
     if head is None or takes_logits_to_keep(model):
         yield

@@ -34,11 +34,12 @@ def _step(model, family: str, ids, state):
 
 
 def takes_logits_to_keep(model) -> bool:
-    """Whether the model's forward names `logits_to_keep` (transformers' own classes do; a
-    checkpoint's own code may not, and one that takes **kwargs would silently ignore it)."""
+    """Whether the model's class names `logits_to_keep` in its forward (transformers' own classes
+    do; a checkpoint's own code may not, and one that takes **kwargs would silently ignore it).
+    The class, not the instance: a wrapper around an instance's forward (a timer) hides it."""
     import inspect
 
-    return "logits_to_keep" in inspect.signature(model.forward).parameters
+    return "logits_to_keep" in inspect.signature(type(model).forward).parameters
 
 
 def greedy_stateful(model, family: str, ids, max_new: int, eos_ids: set[int], chunk: int | None):
