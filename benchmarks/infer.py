@@ -15,6 +15,7 @@ the cache of prefixes prompts share; the script prints how much of the prompts t
 from __future__ import annotations
 
 import argparse
+import functools
 import time
 from collections import defaultdict
 
@@ -62,6 +63,7 @@ class ForwardTimer:
         self.model = model.model
         inner = self.model.forward
 
+        @functools.wraps(inner)  # keeps the signature: `generate` looks for logits_to_keep in it
         def timed_forward(*args, **kwargs):
             start = time.perf_counter()
             out = inner(*args, **kwargs)
