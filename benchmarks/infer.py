@@ -153,5 +153,6 @@ def main():
           f"strategy can exceed {ref_wall / pre:.2f}x; the backend also skips the prefill of shared prefixes: "
           f"{shared_fraction(model, samples):.0%} of the prompt tokens here")
 
+
 if __name__ == "__main__":
     main()
