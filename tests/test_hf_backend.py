@@ -151,8 +151,10 @@ def test_pickled_weights_need_the_opt_in(tmp_path, bpe):
     assert load_model("hf", path=str(tmp_path), allow_pickle=True).generate(["a b"], GenParams(2))[0].ok
 
 
-def test_remote_code_needs_the_opt_in(tmp_path, checkpoints):
-    """A checkpoint with its own modelling code (as RWKV/rwkv-6-world-3b-v2.1 ships)."""
+def test_remote_code_needs_the_opt_in(tmp_path, checkpoints, bpe):
+    """A checkpoint with its own modelling code (as RWKV/rwkv-6-world-3b-v2.1 ships). Its forward
+    here names no logits_to_keep, so `generate` would compute every position's logits on prefill;
+    the backend feeds the head the last position only, and the text stays that of a plain run."""
     import shutil
 
     folder = tmp_path / "custom"
@@ -160,7 +162,9 @@ def test_remote_code_needs_the_opt_in(tmp_path, checkpoints):
     (folder / "modeling_custom.py").write_text(
         "from transformers import LlamaConfig, LlamaForCausalLM\n"
         "class CustomConfig(LlamaConfig):\n    model_type = 'custom_llama'\n"
-        "class CustomForCausalLM(LlamaForCausalLM):\n    config_class = CustomConfig\n")
+        "class CustomForCausalLM(LlamaForCausalLM):\n    config_class = CustomConfig\n"
+        "    def forward(self, input_ids=None, **kwargs):\n"
+        "        return super().forward(input_ids=input_ids, **kwargs)\n")
     cfg = json.loads((folder / "config.json").read_text())
     cfg.update(model_type="custom_llama", architectures=["CustomForCausalLM"],
                auto_map={"AutoConfig": "modeling_custom.CustomConfig",
@@ -168,8 +172,14 @@ def test_remote_code_needs_the_opt_in(tmp_path, checkpoints):
     (folder / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(UsageError, match="trust_remote_code"):
         load_model("hf", path=str(folder))
-    model = load_model("hf", path=str(folder), trust_remote_code=True)
-    assert type(model.model).__name__ == "CustomForCausalLM" and model.generate(["a b c"], GenParams(3))[0].ok
+    model = load_model("hf", path=str(folder), trust_remote_code=True, batch_size=4)
+    assert type(model.model).__name__ == "CustomForCausalLM"
+    heads = []
+    hook = model.model.get_output_embeddings().register_forward_hook(lambda m, a, out: heads.append(out.shape[1]))
+    got = model.generate(PROMPTS, GenParams(max_new_tokens=5))
+    hook.remove()
+    assert set(heads) == {1}
+    assert [c.text for c in got] == [naive(model.model, bpe, p, 5) for p in PROMPTS]
 
 
 def test_options_and_backends_are_validated(checkpoints):
