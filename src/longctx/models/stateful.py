@@ -10,6 +10,8 @@ peak memory, stay those of one chunk whatever the prompt length.
 
 from __future__ import annotations
 
+import functools
+
 # Families whose forward takes and returns a `state` list: transformers' RWKV (v4) and `rwkv6`,
 # the model_type of the code that RWKV/rwkv-6-world-3b-v2.1 ships (trust_remote_code). That code's
 # forward has no logits_to_keep (hf.py feeds its head the last position only).
@@ -37,9 +39,15 @@ def takes_logits_to_keep(model) -> bool:
     """Whether the model's class names `logits_to_keep` in its forward (transformers' own classes
     do; a checkpoint's own code may not, and one that takes **kwargs would silently ignore it).
     The class, not the instance: a wrapper around an instance's forward (a timer) hides it."""
+    return _forward_names_logits_to_keep(type(model))
+
+
+@functools.lru_cache(maxsize=None)
+def _forward_names_logits_to_keep(cls) -> bool:
+    # Cached per class: _step asks once per decoded token.
     import inspect
 
-    return "logits_to_keep" in inspect.signature(type(model).forward).parameters
+    return "logits_to_keep" in inspect.signature(cls.forward).parameters
 
 
 def greedy_stateful(model, family: str, ids, max_new: int, eos_ids: set[int], chunk: int | None):
