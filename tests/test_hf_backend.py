@@ -40,11 +40,13 @@ def test_family_batched_chunked_equals_naive_uncached(family, checkpoints, bpe):
     assert [c.text for c in got] == want
 
 
-def test_attention_batches_drop_finished_rows_and_equal_naive(checkpoints, bpe):
-    """Off the CPU, Llama batches decode with rows leaving the batch as they end (greedy_shrinking)."""
+@pytest.mark.parametrize("family", ["llama", "gemma3_text"])
+def test_attention_batches_drop_finished_rows_and_equal_naive(family, checkpoints, bpe):
+    """Off the CPU, attention models batch decode with rows leaving the batch as they end
+    (greedy_shrinking), sliding-window layers (Gemma 3) included."""
     from transformers import GenerationConfig
 
-    model = load_model("hf", path=str(checkpoints["llama"]), batch_size=4)
+    model = load_model("hf", path=str(checkpoints[family]), batch_size=4)
     assert model.prefill_chunk is None and model._shrinks
     model._continuous = lambda todo, encoded: False  # the fixed-batch path (off the CPU)
     # Make a frequent token an end token, so rows end at different steps.
@@ -294,15 +296,17 @@ def test_rows_of_their_own_compute_what_each_row_computes_alone():
 
 
 @pytest.mark.parametrize("draft", [0, 3])
-def test_continuous_batching_refills_rows_and_equals_naive(checkpoints, bpe, monkeypatch, draft):
+@pytest.mark.parametrize("family", ["llama", "gemma3_text"])
+def test_continuous_batching_refills_rows_and_equals_naive(family, checkpoints, bpe, monkeypatch, draft):
     """More prompts than batch rows: each row takes the next prompt when its answer ends, rows of
     different lengths share a step, and with draft tokens a step keeps several tokens; the tokens
-    equal the naive loop's."""
+    equal the naive loop's. Gemma 3's local layers see only the last 8 positions, far fewer than
+    a prompt: their window is applied in every step."""
     from transformers import GenerationConfig
 
     from longctx.models import continuous, kv_cache
 
-    model = load_model("hf", path=str(checkpoints["llama"]), batch_size=2, draft_tokens=draft)
+    model = load_model("hf", path=str(checkpoints[family]), batch_size=2, draft_tokens=draft)
     assert model.call_size == 16  # the runner's default: a call brings more prompts than rows
     prompts = PROMPTS + ["two one " * 9, "sky grass " * 12 + "1234", "three " * 5]
     first = model.generate(prompts[:1], GenParams(max_new_tokens=12))[0].text
@@ -341,13 +345,15 @@ def test_continuous_batching_when_every_answer_ends_at_once(checkpoints, bpe, dr
     assert got == [[int(model.model(input_ids=torch.tensor([r])).logits[0, -1].argmax())] for r in rows]
 
 
-def test_prompts_sharing_a_prefix_prefill_only_the_rest(checkpoints, bpe, monkeypatch):
+@pytest.mark.parametrize("family", ["llama", "gemma3_text"])
+def test_prompts_sharing_a_prefix_prefill_only_the_rest(family, checkpoints, bpe, monkeypatch):
     """Prompts are admitted in token order, and one sharing at least MIN_SHARED leading tokens
     with the prompt before it reuses that prompt's cache for them: only its own rest goes
-    through the model, and its tokens still equal the naive loop's."""
+    through the model, and its tokens still equal the naive loop's (for Gemma 3 the rest's
+    local layers see the shared prefix only through their window)."""
     from longctx.models import continuous
 
-    model = load_model("hf", path=str(checkpoints["llama"]), batch_size=2)
+    model = load_model("hf", path=str(checkpoints[family]), batch_size=2)
     texts = ["The grass is green. The sky is blue. " * 3 + "The special magic number is 1234.",
              "one two three four " * 4, "The grass is green. The sky is blue. " * 3 + "hello world hello"]
     rows = [bpe.encode(t) for t in texts]
@@ -366,6 +372,19 @@ def test_prompts_sharing_a_prefix_prefill_only_the_rest(checkpoints, bpe, monkey
     assert rest != 3 and len(prefills) == 3 and rest in prefills and len(later) not in prefills, prefills
     assert continuous.shared_prefix([1, 2, 3], [1, 2, 3]) == 2  # its last token is always computed
     assert continuous.shared_prefix([1, 2, 3, 4], [1, 2, 5, 4, 6]) == 2
+
+
+def test_soft_capped_attention_batches_without_rows_of_their_own(checkpoints, bpe):
+    """Gemma 2 soft-caps its attention scores, which the row attention does not: continuous
+    batching declines it, and the fixed batches give the naive loop's tokens."""
+    from longctx.models.continuous import greedy_continuous
+
+    model = load_model("hf", path=str(checkpoints["gemma2"]), batch_size=4)
+    assert model.model.config.attn_logit_softcapping and model._shrinks
+    with torch.no_grad():
+        assert greedy_continuous(model.model, [bpe.encode(p) for p in PROMPTS], 4, model.eos_ids, 2) is None
+    got = model.generate(PROMPTS, GenParams(max_new_tokens=8))
+    assert [c.text for c in got] == [naive(model.model, bpe, p, 8) for p in PROMPTS]
 
 
 def test_prompt_lookup_drafts_continue_the_latest_earlier_match():

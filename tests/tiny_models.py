@@ -5,7 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-FAMILIES = ["llama", "mamba2", "bamba", "zamba2", "falcon_h1", "nemotron_h", "recurrent_gemma", "rwkv"]
+FAMILIES = ["llama", "gemma3_text", "gemma2", "mamba2", "bamba", "zamba2", "falcon_h1", "nemotron_h",
+            "recurrent_gemma", "rwkv"]
+# Sliding-window attention (Gemma 3: local layers and a global one; Gemma 2: also soft-capped
+# scores) with a window far shorter than the test prompts, so the window changes the answers.
+WINDOW = 8
 
 
 def tiny_config(family: str, vocab: int):
@@ -16,6 +20,13 @@ def tiny_config(family: str, vocab: int):
     common = dict(vocab_size=vocab, hidden_size=64, bos_token_id=1, eos_token_id=2, pad_token_id=2)
     if family == "llama":
         return T.LlamaConfig(num_hidden_layers=2, max_position_embeddings=4096, **attn, **common)
+    if family == "gemma3_text":
+        return T.Gemma3TextConfig(num_hidden_layers=2, layer_types=["sliding_attention", "full_attention"],
+                                  sliding_window=WINDOW, head_dim=16, query_pre_attn_scalar=16,
+                                  max_position_embeddings=4096, **attn, **common)
+    if family == "gemma2":
+        return T.Gemma2Config(num_hidden_layers=2, sliding_window=WINDOW, head_dim=16, query_pre_attn_scalar=16,
+                              max_position_embeddings=4096, **attn, **common)
     if family == "mamba2":
         return T.Mamba2Config(num_hidden_layers=2, num_heads=8, head_dim=16, state_size=16, n_groups=1,
                               expand=2, chunk_size=32, **common)

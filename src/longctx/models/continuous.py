@@ -69,19 +69,18 @@ def greedy_continuous(model, rows: list[list[int]], max_new: int, eos_ids: set[i
     """Argmax decoding of many prompts through `slots` batch rows, refilled as answers end, with
     `draft` prompt-lookup guesses per row and step (0: one token per step). Returns the new
     tokens of every prompt (ending with the end token when one came), or None when the model
-    cannot keep rows of their own (sliding windows, an attention other than SDPA): the caller
-    then batches as before."""
+    cannot keep rows of their own (recurrent or chunked layers, an attention other than SDPA or
+    with soft-capped scores): the caller then batches as before."""
     from collections import deque
 
     import torch
-    from transformers import DynamicCache
 
-    from .kv_cache import ReservedLayer, reserved_cache, rows_at
+    from .kv_cache import ReservedLayer, full_history_cache, reserved_cache, rows_at
     from .row_attention import use_row_attention
 
     span = draft + 1  # positions fed per row and step
     # A running row holds its prompt and at most max_new - 1 answer tokens, then a step's span.
-    cache = reserved_cache(model.config, max(len(r) for r in rows) + max_new + span)
+    cache = reserved_cache(model.config, max(len(r) for r in rows) + max_new + span, windows=True)
     if not all(isinstance(layer, ReservedLayer) for layer in cache.layers) or not use_row_attention(model):
         return None
     queue = deque(sorted(range(len(rows)), key=lambda r: rows[r]))  # neighbours share the longest prefixes
@@ -99,7 +98,7 @@ def greedy_continuous(model, rows: list[list[int]], max_new: int, eos_ids: set[i
     def prefill(tokens: list[int]):
         """The prompt's own cache and the logits at its last position, reusing the previous
         prompt's cache for their common prefix when it has at least MIN_SHARED tokens."""
-        alone = DynamicCache(config=model.config)
+        alone = full_history_cache(model.config)
         shared = 0
         if reusable:
             shared, before = reusable

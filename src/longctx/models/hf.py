@@ -110,7 +110,7 @@ class HFModel:
                 with torch.no_grad():
                     rows = greedy_continuous(self.model, [encoded[i] for i in band], params.max_new_tokens,
                                              self.eos_ids, self._max_batch, self.draft_tokens)
-                if rows is None:  # no rows of their own (sliding windows, eager attention): fixed batches below
+                if rows is None:  # no rows of their own (eager attention, soft caps): fixed batches below
                     break
                 self._record(results, band, rows, encoded, params, start)
                 todo = [i for i in todo if results[i] is None]

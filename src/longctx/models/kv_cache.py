@@ -13,6 +13,11 @@
   slower than the same prompts one by one (an explicit padding mask instead of the causal kernel:
   1.85 vs 1.54 s per 1K prompt, measured), and a prompt prefilled alone is computed exactly as the
   naive loop computes it.
+- **Sliding-window layers** (Gemma 2/3, Mistral, Qwen2 with windows) keep every position here, as
+  full layers do, for rows of their own only (`windows=True`): their attention is restricted to the
+  window by the mask (`row_attention.py`, from the `sliding_window` transformers hands every
+  attention function), so the columns before it are simply never read. transformers' own sliding
+  layer drops them, which would leave a prompt's columns at other places in every layer.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 
 from transformers import DynamicCache
-from transformers.cache_utils import DynamicLayer
+from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
 
 # Each row's valid cache columns before the current step, while a step of rows of their own runs.
 ROW_ENDS: ContextVar[list[int] | None] = ContextVar("longctx_row_ends", default=None)
@@ -96,11 +101,26 @@ class ReservedLayer(DynamicLayer):
         raise NotImplementedError("a reserved cache is never cropped (it serves greedy decoding only)")
 
 
-def reserved_cache(config, capacity: int) -> DynamicCache:
+def reserved_cache(config, capacity: int, windows: bool = False) -> DynamicCache:
     """The model's DynamicCache with room for `capacity` positions in every layer, when all its
-    layers are plain full-attention ones; otherwise (sliding windows, recurrent layers) the
-    DynamicCache unchanged."""
+    layers are plain full-attention ones (or, with `windows`, sliding-window ones too: only for
+    rows of their own, whose attention applies the window); otherwise (recurrent layers, chunked
+    attention) the DynamicCache unchanged."""
     cache = DynamicCache(config=config)
-    if cache.layers and all(type(layer) is DynamicLayer for layer in cache.layers):
+    kinds = (DynamicLayer, DynamicSlidingWindowLayer) if windows else (DynamicLayer,)
+    if cache.layers and all(type(layer) in kinds for layer in cache.layers):
         cache.layers = [ReservedLayer(capacity) for _ in cache.layers]
+    return cache
+
+
+def full_history_cache(config) -> DynamicCache:
+    """A DynamicCache keeping every position in every layer, for a prompt prefilled alone before
+    it joins rows of their own: a sliding-window layer's keys then start at column 0 like a full
+    layer's, so the prompt can be placed in its row and its prefix reused. The numbers are those
+    of the model's own cache: in one pass transformers masks a sliding layer to its window
+    whatever the cache keeps, and on a continued pass builds the window mask over all the
+    columns (the cache reports them all, from offset 0)."""
+    cache = DynamicCache(config=config)
+    if any(type(layer) is DynamicSlidingWindowLayer for layer in cache.layers):
+        cache.layers = [DynamicLayer() if type(layer) is DynamicSlidingWindowLayer else layer for layer in cache.layers]
     return cache

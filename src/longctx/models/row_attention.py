@@ -13,6 +13,11 @@ the CPU). SmolLM2-135M (9 query heads, 3 key/value heads) at batch 8, 1.1K cache
 new ones measured 9.3 ms per layer with the copy, 3.0 ms with the kernel's own grouping and 2.4 ms
 packed; one SDPA call per row instead, 2.0 ms against 1.2 ms for the packed batch.
 
+A sliding-window layer (the `sliding_window` transformers passes every attention function) also
+masks the columns that lie `sliding_window` or more positions behind each new position, as
+transformers' own window mask does; its cache layer keeps them (kv_cache.py), but they are never read.
+Models whose attention takes a soft cap on its scores (Gemma 2) do not use this form.
+
 Outside such a step (prefills, other loops) the function is transformers' own SDPA unchanged.
 """
 
@@ -34,29 +39,33 @@ def row_sdpa_forward(module, query, key, value, attention_mask, dropout: float =
     if ends is None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       is_causal=is_causal, **kwargs)
-    if kwargs.get("sliding_window") or kwargs.get("softcap") or kwargs.get("position_bias") is not None or dropout:
-        raise NotImplementedError("rows of their own support plain full attention only")
+    if kwargs.get("softcap") or kwargs.get("position_bias") is not None or dropout:
+        raise NotImplementedError("rows of their own support plain full or sliding-window attention only")
     batch, heads, span, dim = query.shape
     width = max(ends) + span
     groups = getattr(module, "num_key_value_groups", 1)
-    mask = step_mask(tuple(ends), span, width, groups, query.device)
+    mask = step_mask(tuple(ends), span, width, groups, kwargs.get("sliding_window"), query.device)
     packed = query.reshape(batch, heads // groups, groups * span, dim)
     out = torch.nn.functional.scaled_dot_product_attention(packed, key[:, :, :width], value[:, :, :width],
                                                            attn_mask=mask, scale=scaling)
     return out.reshape(batch, heads, span, dim).transpose(1, 2).contiguous(), None
 
 
-@functools.lru_cache(maxsize=1)
-def step_mask(ends: tuple[int, ...], span: int, width: int, groups: int, device):
+@functools.lru_cache(maxsize=4)
+def step_mask(ends: tuple[int, ...], span: int, width: int, groups: int, window: int | None, device):
     """[rows, 1, groups * span, width] booleans: new position i of row r (column ends[r] + i) sees
-    the row's columns up to its own, repeated for each query head of a packed group (query head
-    h = kv * groups + j). Built once per step: every layer of a step asks for the same one (the
-    key is the whole step)."""
+    the row's columns up to its own (and, with a `window`, only the `window` latest of them,
+    itself included), repeated for each query head of a packed group (query head h = kv * groups
+    + j). Built once per step and kind of layer: every layer of a step asks for one of the same
+    few (the key is the whole step)."""
     import torch
 
-    cols = torch.arange(width, device=device)
-    last = torch.tensor(ends, device=device)[:, None] + torch.arange(span, device=device)  # [rows, span]
-    return (cols[None, None, :] <= last[:, :, None])[:, None].repeat(1, 1, groups, 1)
+    cols = torch.arange(width, device=device)[None, None, :]
+    last = (torch.tensor(ends, device=device)[:, None] + torch.arange(span, device=device))[:, :, None]  # [rows, span, 1]
+    seen = cols <= last
+    if window:
+        seen &= cols > last - window
+    return seen[:, None].repeat(1, 1, groups, 1)
 
 
 def use_row_attention(model) -> bool:
@@ -68,7 +77,7 @@ def use_row_attention(model) -> bool:
     current = getattr(model.config, "_attn_implementation", None)
     if current == NAME:
         return True
-    if current != "sdpa":
+    if current != "sdpa" or getattr(model.config, "attn_logit_softcapping", None):
         return False
     AttentionInterface.register(NAME, row_sdpa_forward)
     AttentionMaskInterface.register(NAME, ALL_MASK_ATTENTION_FUNCTIONS["sdpa"])  # the same masks as SDPA
