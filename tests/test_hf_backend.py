@@ -293,6 +293,9 @@ def test_rows_of_their_own_compute_what_each_row_computes_alone():
         assert torch.allclose(first[row], w1, atol=1e-5) and torch.allclose(second[row], w2, atol=1e-5), row
     eager = LlamaForCausalLM(LlamaConfig(**{**config.to_dict(), "attn_implementation": "eager"}))
     assert eager.config._attn_implementation == "eager" and not use_row_attention(eager)
+    capped = LlamaForCausalLM(LlamaConfig(**{**config.to_dict(), "attn_implementation": "sdpa"}))
+    capped.config.attn_logit_softcapping = 50.0  # scores the row attention would not cap
+    assert capped.config._attn_implementation == "sdpa" and not use_row_attention(capped)
 
 
 @pytest.mark.parametrize("draft", [0, 3])
@@ -375,12 +378,14 @@ def test_prompts_sharing_a_prefix_prefill_only_the_rest(family, checkpoints, bpe
 
 
 def test_soft_capped_attention_batches_without_rows_of_their_own(checkpoints, bpe):
-    """Gemma 2 soft-caps its attention scores, which the row attention does not: continuous
-    batching declines it, and the fixed batches give the naive loop's tokens."""
+    """Gemma 2 soft-caps its attention scores, so transformers runs it only with eager attention
+    (the row attention is an SDPA and does not cap either): continuous batching declines it, and
+    the fixed batches give the naive loop's tokens."""
     from longctx.models.continuous import greedy_continuous
 
     model = load_model("hf", path=str(checkpoints["gemma2"]), batch_size=4)
     assert model.model.config.attn_logit_softcapping and model._shrinks
+    assert model.model.config._attn_implementation == "eager"
     with torch.no_grad():
         assert greedy_continuous(model.model, [bpe.encode(p) for p in PROMPTS], 4, model.eos_ids, 2) is None
     got = model.generate(PROMPTS, GenParams(max_new_tokens=8))
