@@ -377,6 +377,28 @@ def test_prompts_sharing_a_prefix_prefill_only_the_rest(family, checkpoints, bpe
     assert continuous.shared_prefix([1, 2, 3, 4], [1, 2, 5, 4, 6]) == 2
 
 
+def test_sliding_windows_far_beyond_their_window_go_to_fixed_batches(checkpoints, bpe, monkeypatch):
+    """Rows of their own keep a sliding layer's every position; when that is more than
+    BEYOND_WINDOWS_BYTES beyond the model's own cache, the prompts go to the fixed batches
+    (same tokens)."""
+    from longctx.models import continuous
+    from longctx.models.kv_cache import beyond_windows_bytes
+
+    model = load_model("hf", path=str(checkpoints["gemma3_text"]), batch_size=2)
+    config = model.model.config  # one local layer of window 8, two key/value heads of 16
+    assert beyond_windows_bytes(config, 2, 100, torch.float32) == (100 - 8) * 2 * 2 * 2 * 16 * 4
+    assert beyond_windows_bytes(config, 2, 5, torch.bfloat16) == 0  # within the window
+    llama = load_model("hf", path=str(checkpoints["llama"]))
+    assert beyond_windows_bytes(llama.model.config, 8, 10_000, torch.float32) == 0
+    rows = [bpe.encode(p) for p in PROMPTS]
+    with torch.no_grad():
+        assert continuous.greedy_continuous(model.model, rows, 4, model.eos_ids, 2) is not None
+        monkeypatch.setattr(continuous, "BEYOND_WINDOWS_BYTES", 0)
+        assert continuous.greedy_continuous(model.model, rows, 4, model.eos_ids, 2) is None
+    got = model.generate(PROMPTS, GenParams(max_new_tokens=8))
+    assert [c.text for c in got] == [naive(model.model, bpe, p, 8) for p in PROMPTS]
+
+
 def test_soft_capped_attention_batches_without_rows_of_their_own(checkpoints, bpe):
     """Gemma 2 soft-caps its attention scores, so transformers runs it only with eager attention
     (the row attention is an SDPA and does not cap either): continuous batching declines it, and

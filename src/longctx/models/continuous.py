@@ -36,6 +36,10 @@ NGRAM = 3  # the longest run of last tokens looked up (then 2, then 1)
 # The shortest shared prefix worth reusing: below it the prompt is prefilled whole, exactly as
 # the one-prompt-at-a-time loop does (a continued prefill computes the same numbers in another order).
 MIN_SHARED = 64
+# Rows of their own keep every position of a sliding-window layer (kv_cache.py). At long lengths
+# that is far more than the model's own cache (Gemma 3 270M, 8 rows at 32K: about 8 GB more in
+# float32), so beyond this much more the prompts go to the fixed batches instead.
+BEYOND_WINDOWS_BYTES = 1 << 30
 
 
 class PromptLookup:
@@ -75,17 +79,20 @@ def greedy_continuous(model, rows: list[list[int]], max_new: int, eos_ids: set[i
 
     import torch
 
-    from .kv_cache import ReservedLayer, full_history_cache, reserved_cache, rows_at
+    from .kv_cache import ReservedLayer, beyond_windows_bytes, full_history_cache, reserved_cache, rows_at
     from .row_attention import use_row_attention
 
     span = draft + 1  # positions fed per row and step
     # A running row holds its prompt and at most max_new - 1 answer tokens, then a step's span.
-    cache = reserved_cache(model.config, max(len(r) for r in rows) + max_new + span, windows=True)
+    capacity = max(len(r) for r in rows) + max_new + span
+    cache = reserved_cache(model.config, capacity, windows=True)
     if not all(isinstance(layer, ReservedLayer) for layer in cache.layers) or not use_row_attention(model):
+        return None
+    n = min(slots, len(rows))
+    if beyond_windows_bytes(model.config, n, capacity, model.dtype) > BEYOND_WINDOWS_BYTES:
         return None
     queue = deque(sorted(range(len(rows)), key=lambda r: rows[r]))  # neighbours share the longest prefixes
     produced: list[list[int]] = [[] for _ in rows]
-    n = min(slots, len(rows))
     owner = [-1] * n  # the prompt each slot is decoding
     lookup: list[PromptLookup | None] = [None] * n
     last = [0] * n  # each slot's newest token, decided but not yet in the cache

@@ -124,3 +124,15 @@ def full_history_cache(config) -> DynamicCache:
     if any(type(layer) is DynamicSlidingWindowLayer for layer in cache.layers):
         cache.layers = [DynamicLayer() if type(layer) is DynamicSlidingWindowLayer else layer for layer in cache.layers]
     return cache
+
+
+def beyond_windows_bytes(config, rows: int, capacity: int, dtype) -> int:
+    """How many more bytes a reserved cache of `rows` x `capacity` positions holds than the
+    model's own cache would: the positions its sliding-window layers keep beyond their window."""
+    import torch
+
+    beyond = sum(max(0, capacity - layer.sliding_window) for layer in DynamicCache(config=config).layers
+                 if type(layer) is DynamicSlidingWindowLayer)
+    heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+    dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    return beyond * rows * 2 * heads * dim * torch.finfo(dtype).bits // 8
