@@ -13,7 +13,7 @@
   slower than the same prompts one by one (an explicit padding mask instead of the causal kernel:
   1.85 vs 1.54 s per 1K prompt, measured), and a prompt prefilled alone is computed exactly as the
   naive loop computes it.
-- **Sliding-window layers** (Gemma 2/3, Mistral, Qwen2 with windows) keep every position here, as
+- **Sliding-window layers** (Gemma 3, Mistral, Qwen2 with windows) keep every position here, as
   full layers do, for rows of their own only (`windows=True`): their attention is restricted to the
   window by the mask (`row_attention.py`, from the `sliding_window` transformers hands every
   attention function), so the columns before it are simply never read. transformers' own sliding
