@@ -382,14 +382,17 @@ def test_sliding_windows_far_beyond_their_window_go_to_fixed_batches(checkpoints
     BEYOND_WINDOWS_BYTES beyond the model's own cache, the prompts go to the fixed batches
     (same tokens)."""
     from longctx.models import continuous
-    from longctx.models.kv_cache import beyond_windows_bytes
+    from longctx.models.kv_cache import beyond_windows_bytes, reserved_cache
+
+    def beyond(config, rows, capacity, dtype):
+        return beyond_windows_bytes(reserved_cache(config, capacity, windows=True), config, rows, dtype)
 
     model = load_model("hf", path=str(checkpoints["gemma3_text"]), batch_size=2)
     config = model.model.config  # one local layer of window 8, two key/value heads of 16
-    assert beyond_windows_bytes(config, 2, 100, torch.float32) == (100 - 8) * 2 * 2 * 2 * 16 * 4
-    assert beyond_windows_bytes(config, 2, 5, torch.bfloat16) == 0  # within the window
+    assert beyond(config, 2, 100, torch.float32) == (100 - 8) * 2 * 2 * 2 * 16 * 4
+    assert beyond(config, 2, 5, torch.bfloat16) == 0  # within the window
     llama = load_model("hf", path=str(checkpoints["llama"]))
-    assert beyond_windows_bytes(llama.model.config, 8, 10_000, torch.float32) == 0
+    assert beyond(llama.model.config, 8, 10_000, torch.float32) == 0
     rows = [bpe.encode(p) for p in PROMPTS]
     with torch.no_grad():
         assert continuous.greedy_continuous(model.model, rows, 4, model.eos_ids, 2) is not None

@@ -84,13 +84,12 @@ def greedy_continuous(model, rows: list[list[int]], max_new: int, eos_ids: set[i
 
     span = draft + 1  # positions fed per row and step
     # A running row holds its prompt and at most max_new - 1 answer tokens, then a step's span.
-    capacity = max(len(r) for r in rows) + max_new + span
-    cache = reserved_cache(model.config, capacity, windows=True)
-    if not all(isinstance(layer, ReservedLayer) for layer in cache.layers) or not use_row_attention(model):
-        return None
+    cache = reserved_cache(model.config, max(len(r) for r in rows) + max_new + span, windows=True)
     n = min(slots, len(rows))
-    if beyond_windows_bytes(model.config, n, capacity, model.dtype) > BEYOND_WINDOWS_BYTES:
+    if not all(isinstance(layer, ReservedLayer) for layer in cache.layers):
         return None
+    if beyond_windows_bytes(cache, model.config, n, model.dtype) > BEYOND_WINDOWS_BYTES or not use_row_attention(model):
+        return None  # (use_row_attention last: it switches the model's attention)
     queue = deque(sorted(range(len(rows)), key=lambda r: rows[r]))  # neighbours share the longest prefixes
     produced: list[list[int]] = [[] for _ in rows]
     owner = [-1] * n  # the prompt each slot is decoding

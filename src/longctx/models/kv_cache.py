@@ -46,9 +46,12 @@ class ReservedLayer(DynamicLayer):
     """A full-attention cache layer writing into room for `capacity` positions; `keys` and
     `values` are views of the filled part, so transformers reads them as it reads DynamicLayer's."""
 
-    def __init__(self, capacity: int):
+    def __init__(self, capacity: int, window: int | None = None):
         super().__init__()
         self.capacity, self.length = capacity, 0
+        # The sliding window of the model's own layer, which keeps only that many positions (we
+        # keep them all: the row attention applies the window); None for a full-attention layer.
+        self.window = window
 
     def _reserve(self, rows: int, keys, values) -> None:
         """Allocate the room on first use, shaped after one update's keys and values [., H, ., D]
@@ -109,7 +112,7 @@ def reserved_cache(config, capacity: int, windows: bool = False) -> DynamicCache
     cache = DynamicCache(config=config)
     kinds = (DynamicLayer, DynamicSlidingWindowLayer) if windows else (DynamicLayer,)
     if cache.layers and all(type(layer) in kinds for layer in cache.layers):
-        cache.layers = [ReservedLayer(capacity) for _ in cache.layers]
+        cache.layers = [ReservedLayer(capacity, getattr(layer, "sliding_window", None)) for layer in cache.layers]
     return cache
 
 
@@ -121,18 +124,16 @@ def full_history_cache(config) -> DynamicCache:
     whatever the cache keeps, and on a continued pass builds the window mask over all the
     columns (the cache reports them all, from offset 0)."""
     cache = DynamicCache(config=config)
-    if any(type(layer) is DynamicSlidingWindowLayer for layer in cache.layers):
-        cache.layers = [DynamicLayer() if type(layer) is DynamicSlidingWindowLayer else layer for layer in cache.layers]
+    cache.layers = [DynamicLayer() if type(layer) is DynamicSlidingWindowLayer else layer for layer in cache.layers]
     return cache
 
 
-def beyond_windows_bytes(config, rows: int, capacity: int, dtype) -> int:
-    """How many more bytes a reserved cache of `rows` x `capacity` positions holds than the
+def beyond_windows_bytes(cache: DynamicCache, config, rows: int, dtype) -> int:
+    """How many more bytes a reserved cache (`reserved_cache`) holds for `rows` rows than the
     model's own cache would: the positions its sliding-window layers keep beyond their window."""
     import torch
 
-    beyond = sum(max(0, capacity - layer.sliding_window) for layer in DynamicCache(config=config).layers
-                 if type(layer) is DynamicSlidingWindowLayer)
+    beyond = sum(max(0, layer.capacity - layer.window) for layer in cache.layers if layer.window)
     heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
     dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     return beyond * rows * 2 * heads * dim * torch.finfo(dtype).bits // 8
