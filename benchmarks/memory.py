@@ -1,5 +1,6 @@
-"""Peak memory of a recurrent model at 16K vs 2K prompt tokens (goal: about equal), through the hf
-backend's chunked prefill, with a Llama of the same width for contrast (its KV cache must grow).
+"""Peak memory of recurrent models (Mamba2, RecurrentGemma) at 16K vs 2K prompt tokens (goal: about
+equal), through the hf backend's chunked prefill and without it, with a Llama of the same width
+for contrast (its KV cache must grow).
 
     python benchmarks/memory.py
 
@@ -20,6 +21,10 @@ from pathlib import Path
 CONFIGS = {
     "mamba2": dict(cls="Mamba2Config", num_hidden_layers=4, hidden_size=256, num_heads=8, head_dim=64,
                    state_size=64, n_groups=1, expand=2, chunk_size=256),
+    # RecurrentGemma's layout (two RG-LRU blocks, then local attention), at the same width.
+    "recurrent_gemma": dict(cls="RecurrentGemmaConfig", num_hidden_layers=3, hidden_size=256, lru_width=256,
+                            intermediate_size=512, num_attention_heads=4, num_key_value_heads=1,
+                            attention_window_size=2048, block_types=["recurrent", "recurrent", "attention"]),
     "llama": dict(cls="LlamaConfig", num_hidden_layers=4, hidden_size=256, intermediate_size=512,
                   num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=32768),
 }
@@ -38,7 +43,7 @@ def child(family: str, length: int, chunk: int, folder: str) -> None:
     prompt = " word" * (length - 1)
     start = time.perf_counter()
     (out,) = model.generate([prompt], GenParams(8))
-    print(f"{family:7s} {out.prompt_tokens:6d} tokens  chunk {chunk or '-':>5}  peak growth "
+    print(f"{family:15s} {out.prompt_tokens:6d} tokens  chunk {chunk or '-':>5}  peak growth "
           f"{peak_mb() - base:8.1f} MB  ({time.perf_counter() - start:.1f} s)", flush=True)
 
 
@@ -65,7 +70,7 @@ def main():
         family, length, chunk, folder = args.child
         return child(family, int(length), int(chunk), folder)
     with tempfile.TemporaryDirectory() as tmp:
-        runs = [("mamba2", 2048), ("mamba2", 0), ("llama", 0)]
+        runs = [("mamba2", 2048), ("mamba2", 0), ("recurrent_gemma", 2048), ("recurrent_gemma", 0), ("llama", 0)]
         for family, chunk in runs:
             folder = make(family, Path(tmp))
             for length in (int(x) for x in args.lengths.split(",")):

@@ -64,7 +64,55 @@ def test_attention_batches_drop_finished_rows_and_equal_naive(family, checkpoint
 def test_recurrent_families_prefill_in_chunks_by_default(checkpoints):
     assert load_model("hf", path=str(checkpoints["mamba2"])).prefill_chunk == 2048
     assert load_model("hf", path=str(checkpoints["llama"])).prefill_chunk is None
-    assert load_model("hf", path=str(checkpoints["recurrent_gemma"]), prefill_chunk=16).prefill_chunk is None
+    assert load_model("hf", path=str(checkpoints["recurrent_gemma"])).prefill_chunk == 2048
+
+
+@pytest.mark.parametrize("family", ["mamba2", "rwkv", "recurrent_gemma"])
+@pytest.mark.parametrize("chunk", [16, 7, 2, 49, 1])
+def test_chunked_prefill_gives_one_pass_logits(family, chunk, checkpoints):
+    """stateful.py's loop over prompt chunks, carrying the recurrent state (and RecurrentGemma's
+    convolution columns and attention cache) from chunk to chunk, gives the logits of one pass
+    over the whole prompt, longer than RecurrentGemma's attention window (64 here). 100 tokens in
+    chunks of 49 leave a last chunk of 2, shorter than RecurrentGemma's convolution; chunks of 2
+    never reach back past one chunk; chunks of 1 start
+    the prompt with a one-token call, which must not read what an earlier prompt left behind
+    (RecurrentGemma keeps its states on its modules: one runs first here)."""
+    from longctx.models.stateful import _step
+
+    model = load_model("hf", path=str(checkpoints[family])).model
+    rows = 1 if family == "rwkv" else 2  # transformers' RWKV mixes rows when it decodes (hf._max_batch)
+    ids = torch.randint(5, model.config.vocab_size, (rows, 100), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        whole = model(input_ids=ids).logits[:, -1]
+        _step(model, family, ids.flip(1)[:, :9], None)  # an earlier prompt
+        state = None
+        for start in range(0, ids.shape[1], chunk):
+            logits, state = _step(model, family, ids[:, start:start + chunk], state)
+        # and a decode step after the chunks, against one pass over prompt + token
+        nxt = logits.argmax(-1)[:, None]
+        stepped, _ = _step(model, family, nxt, state)
+        again = model(input_ids=torch.cat([ids, nxt], 1)).logits[:, -1]
+    assert torch.allclose(logits, whole, atol=1e-4), float((logits - whole).abs().max())
+    assert torch.allclose(stepped, again, atol=1e-4), float((stepped - again).abs().max())
+
+
+def test_recurrent_gemma_is_never_padded(checkpoints, bpe):
+    """transformers' RecurrentGemma convolves a row's first tokens with the left padding before
+    them (its recurrent blocks ignore the attention mask), so a padded row's logits move; the
+    backend batches it only with prompts of the same length, and its answers equal the naive loop's."""
+    model = load_model("hf", path=str(checkpoints["recurrent_gemma"]), batch_size=4)  # prompts within a chunk
+    short, long = bpe.encode(PROMPTS[1]), bpe.encode(PROMPTS[0])
+    pad = len(long) - len(short)
+    ids = torch.tensor([long, [2] * pad + short])
+    mask = torch.tensor([[1] * len(long), [0] * pad + [1] * len(short)])
+    with torch.no_grad():
+        padded = model.model(input_ids=ids, attention_mask=mask).logits[1, -1]
+        alone = model.model(input_ids=torch.tensor([short])).logits[0, -1]
+    assert (padded - alone).abs().max() > 1e-2  # why: the padding leaks into the row
+    encoded = [bpe.encode(p) for p in PROMPTS]
+    assert all(len({len(encoded[i]) for i in b}) == 1 for b in model._batches(list(range(len(PROMPTS))), encoded))
+    got = model.generate(PROMPTS, GenParams(max_new_tokens=6))
+    assert [c.text for c in got] == [naive(model.model, bpe, p, 6) for p in PROMPTS]
 
 
 def test_batches_group_by_length_and_never_pad_the_stateful_loop(checkpoints):
@@ -77,7 +125,7 @@ def test_batches_group_by_length_and_never_pad_the_stateful_loop(checkpoints):
     assert rwkv._batches(list(range(5)), enc) == [[1], [2], [4], [3], [0]]  # see the next test
 
 
-@pytest.mark.parametrize("family", ["rwkv", "mamba2"])
+@pytest.mark.parametrize("family", ["rwkv", "mamba2", "recurrent_gemma"])
 def test_equal_length_prompts_batched_in_the_stateful_loop_equal_naive(family, checkpoints, bpe):
     """Different prompts of the same length share a batch in the stateful loop; transformers'
     RWKV decodes such a batch wrongly (rows mixed), so RWKV runs them one at a time."""

@@ -51,6 +51,23 @@ def tiny_config(family: str, vocab: int):
     raise ValueError(family)
 
 
+def looks_trained(model) -> None:
+    """Give a freshly initialised model what a trained one has and a fresh one lacks: nonzero
+    biases and a nonzero embedding for the pad token (initialisation zeroes both). With zeros, a
+    left-padded position computes exact zeros in many layers and a leak of padding into the real
+    tokens (a convolution reaching back over it) changes nothing, so a test could not see it."""
+    import torch
+
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bias") and p.dim() == 1 and not p.any():
+                p.normal_(0, 0.1)
+        embed = model.get_input_embeddings().weight
+        pad = model.config.pad_token_id
+        if pad is not None and not embed[pad].any():
+            embed[pad].normal_(0, 1)
+
+
 def make_checkpoint(family: str, folder: Path, tokenizer, seed: int = 0) -> Path:
     """Save a random model of `family` with `tokenizer` (a longctx Tokenizer) into `folder`."""
     import torch
@@ -58,6 +75,7 @@ def make_checkpoint(family: str, folder: Path, tokenizer, seed: int = 0) -> Path
 
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(tiny_config(family, len(tokenizer.hf)))
+    looks_trained(model)
     model.save_pretrained(folder)
     tokenizer.hf.save_pretrained(folder)
     return folder

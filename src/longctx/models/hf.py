@@ -12,7 +12,7 @@ Speed and memory care, all checked against transformers' own `generate` in the t
   the batch (`greedy_shrinking`);
 - recurrent and hybrid models prefill in chunks, so peak memory does not grow with the prompt:
   transformers' own `prefill_chunk_size` for the hybrids it supports, and `stateful.py`'s
-  loop for Mamba2 and RWKV, whose caches transformers cannot chunk.
+  loop for Mamba2, RWKV and RecurrentGemma, whose caches transformers cannot chunk.
 """
 
 from __future__ import annotations
@@ -36,12 +36,11 @@ SHRINKABLE = {"llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_t
 RECURRENT_FAMILIES = {"mamba", "mamba2", "rwkv", "rwkv6", "bamba", "zamba2", "falcon_h1", "nemotron_h",
                       "recurrent_gemma", "jamba", "granitemoehybrid"}
 # Families never padded: transformers' RWKV and the RWKV-6 checkpoints' own code ignore the
-# attention mask, so a left-padded row's state would take in its padding. They always run
-# through stateful.py's loop, batched only with prompts of the same length.
-NEVER_PADDED = STATE_LIST_FAMILIES | {"mamba_ssm"}
-# transformers' RecurrentGemma restarts its state on every multi-token call, so it cannot be
-# prefilled in chunks; it runs in one pass (its attention is windowed, its recurrence O(1)).
-UNCHUNKABLE = {"recurrent_gemma"}
+# attention mask, so a left-padded row's state would take in its padding, and transformers'
+# RecurrentGemma convolves its first real tokens with the padding before them (the test shows the
+# logits move). They always run through stateful.py's loop, batched only with prompts of the
+# same length.
+NEVER_PADDED = STATE_LIST_FAMILIES | {"mamba_ssm", "recurrent_gemma"}
 DEFAULT_CHUNK = 2048
 
 
@@ -84,7 +83,7 @@ class HFModel:
         self._shrinks = family in SHRINKABLE
         if prefill_chunk == -1:  # auto
             prefill_chunk = DEFAULT_CHUNK if family in RECURRENT_FAMILIES else None
-        self.prefill_chunk = None if (not prefill_chunk or family in UNCHUNKABLE) else int(prefill_chunk)
+        self.prefill_chunk = int(prefill_chunk) if prefill_chunk else None
         gen = getattr(model, "generation_config", None)
         eos = gen.eos_token_id if gen is not None and gen.eos_token_id is not None else tokenizer.hf.eos_token_id
         self.eos_ids = set(eos if isinstance(eos, (list, tuple)) else [eos] if eos is not None else [])

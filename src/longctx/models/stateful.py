@@ -1,7 +1,7 @@
 """Greedy decoding with chunked prefill for the transformers families whose cache `generate`
-cannot prefill in chunks (Mamba2 keeps `cache_params`, RWKV a `state` list), for the RWKV-6
-checkpoints' own code (the same `state` interface), and for our own `MixerLM` (mamba_ssm
-checkpoints).
+cannot prefill in chunks (Mamba2 keeps `cache_params`, RWKV a `state` list, RecurrentGemma its
+states on its modules), for the RWKV-6 checkpoints' own code (the same `state` interface), and
+for our own `MixerLM` (mamba_ssm checkpoints).
 
 Feeding the prompt in chunks of `chunk` tokens and carrying the recurrent state between them
 gives the same logits as one pass (checked in the tests) while the activations, and so the
@@ -10,19 +10,22 @@ peak memory, stay those of one chunk whatever the prompt length.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 
 # Families whose forward takes and returns a `state` list: transformers' RWKV (v4) and `rwkv6`,
 # the model_type of the code that RWKV/rwkv-6-world-3b-v2.1 ships (trust_remote_code). That code's
 # forward has no logits_to_keep (hf.py feeds its head the last position only).
 STATE_LIST_FAMILIES = {"rwkv", "rwkv6"}
-STATEFUL_FAMILIES = {"mamba2", "mamba_ssm"} | STATE_LIST_FAMILIES  # mamba_ssm: our MixerLM
+STATEFUL_FAMILIES = {"mamba2", "mamba_ssm", "recurrent_gemma"} | STATE_LIST_FAMILIES  # mamba_ssm: our MixerLM
 
 
 def _step(model, family: str, ids, state):
     """One forward over `ids` continuing from `state`; returns (last-position logits, new state)."""
     if family == "mamba_ssm":
         return model.step(ids, state)
+    if family == "recurrent_gemma":
+        return _recurrent_gemma_step(model, ids, state)
     if family == "mamba2":
         if state is None:
             from transformers import DynamicCache
@@ -33,6 +36,64 @@ def _step(model, family: str, ids, state):
     keep = {"logits_to_keep": 1} if takes_logits_to_keep(model) else {}
     out = model(input_ids=ids, state=state, use_cache=True, **keep)
     return out.logits[:, -1], out.state
+
+
+def _recurrent_gemma_step(model, ids, state):
+    """transformers' RecurrentGemma keeps its RG-LRU and convolution states on its recurrent
+    blocks and its attention's keys in a cache; `state` is that cache and the tokens seen. A
+    multi-token call restarts the blocks' convolution from zeros, right for a prompt's first
+    chunk only: a later chunk gets the previous columns prepended (`_conv_carried`). Positions are
+    passed explicitly: position 0 is where the RG-LRU resets its state."""
+    import torch
+    from transformers import DynamicCache
+
+    if state is None:
+        for block in _recurrent_blocks(model):
+            block.conv1d_state = None  # the block starts fresh states sized for this batch
+        state = (DynamicCache(config=model.config), 0)
+    cache, seen = state
+    batch, n = ids.shape
+    positions = torch.arange(seen, seen + n, device=ids.device).expand(batch, n)
+    with _conv_carried(model, seen > 0 and n > 1):
+        out = model(input_ids=ids, position_ids=positions, past_key_values=cache, use_cache=True, logits_to_keep=1)
+    return out.logits[:, -1], (cache, seen + n)
+
+
+def _recurrent_blocks(model) -> list:
+    from transformers.models.recurrent_gemma.modeling_recurrent_gemma import RecurrentGemmaRecurrentBlock
+
+    return [m for m in model.modules() if isinstance(m, RecurrentGemmaRecurrentBlock)]
+
+
+@contextlib.contextmanager
+def _conv_carried(model, continuing: bool):
+    """While a later prompt chunk runs, each recurrent block's causal convolution sees the last
+    columns of the chunk before (its `conv1d_state`) in front of the new ones, as one pass over
+    the whole prompt would, and leaves the last columns of both as the state for what follows
+    (also right for a chunk shorter than the kernel). A one-token call needs none of this:
+    transformers' decoding branch reads the state itself."""
+    if not continuing:
+        yield
+        return
+    import torch
+
+    patched = []
+    for block in _recurrent_blocks(model):
+        conv, carry = block.conv_1d, block.conv1d_state  # carry: [batch, channels, kernel - 1]
+
+        def carried(x, conv=conv, carry=carry, block=block):
+            joined = torch.cat([carry, x], dim=-1)
+            # The block sets conv1d_state from this chunk alone before it calls the convolution.
+            block.conv1d_state = joined[..., -carry.shape[-1]:]
+            return type(conv).forward(conv, joined)[..., carry.shape[-1]:]  # the block keeps the first len(x)
+
+        conv.forward = carried
+        patched.append(conv)
+    try:
+        yield
+    finally:
+        for conv in patched:
+            del conv.forward  # the instance attribute: the class's forward again
 
 
 def takes_logits_to_keep(model) -> bool:
