@@ -68,13 +68,13 @@ def test_recurrent_families_prefill_in_chunks_by_default(checkpoints):
 
 
 @pytest.mark.parametrize("family", ["mamba2", "rwkv", "recurrent_gemma"])
-@pytest.mark.parametrize("chunk", [16, 7, 2, 49, 1])
+@pytest.mark.parametrize("chunk", [16, 7, 2, 49, 80, 1])
 def test_chunked_prefill_gives_one_pass_logits(family, chunk, checkpoints):
     """stateful.py's loop over prompt chunks, carrying the recurrent state (and RecurrentGemma's
     convolution columns and attention cache) from chunk to chunk, gives the logits of one pass
     over the whole prompt, longer than RecurrentGemma's attention window (64 here). 100 tokens in
     chunks of 49 leave a last chunk of 2, shorter than RecurrentGemma's convolution; chunks of 2
-    never reach back past one chunk; chunks of 1 start
+    never reach back past one chunk; chunks of 80 are longer than the window; chunks of 1 start
     the prompt with a one-token call, which must not read what an earlier prompt left behind
     (RecurrentGemma keeps its states on its modules: one runs first here)."""
     from longctx.models.stateful import _step
