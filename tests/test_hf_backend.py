@@ -96,23 +96,45 @@ def test_chunked_prefill_gives_one_pass_logits(family, chunk, checkpoints):
     assert torch.allclose(stepped, again, atol=1e-4), float((stepped - again).abs().max())
 
 
-def test_recurrent_gemma_is_never_padded(checkpoints, bpe):
+def test_recurrent_gemma_padding_is_kept_out_of_its_convolution(checkpoints, bpe):
     """transformers' RecurrentGemma convolves a row's first tokens with the left padding before
-    them (its recurrent blocks ignore the attention mask), so a padded row's logits move; the
-    backend batches it only with prompts of the same length, and its answers equal the naive loop's."""
-    model = load_model("hf", path=str(checkpoints["recurrent_gemma"]), batch_size=4)  # prompts within a chunk
+    them (its recurrent blocks ignore the attention mask), so a padded row's logits move. The
+    backend runs it through stateful.py's loop, which puts zeros in place of the padding, as
+    before a prompt alone: rows padded by 0, 2 (inside the kernel), 5 and 30 tokens (past a
+    16-token chunk), prefilled in chunks, give each prompt's logits alone, and so does a decode
+    step after them; different lengths share a batch and answer as the naive loop does."""
+    from longctx.models.stateful import greedy_stateful, _step
+
+    model = load_model("hf", path=str(checkpoints["recurrent_gemma"]), batch_size=4)
+    net = model.model
     short, long = bpe.encode(PROMPTS[1]), bpe.encode(PROMPTS[0])
     pad = len(long) - len(short)
-    ids = torch.tensor([long, [2] * pad + short])
-    mask = torch.tensor([[1] * len(long), [0] * pad + [1] * len(short)])
     with torch.no_grad():
-        padded = model.model(input_ids=ids, attention_mask=mask).logits[1, -1]
-        alone = model.model(input_ids=torch.tensor([short])).logits[0, -1]
-    assert (padded - alone).abs().max() > 1e-2  # why: the padding leaks into the row
+        leaked = net(input_ids=torch.tensor([long, [2] * pad + short]),
+                     attention_mask=torch.tensor([[1] * len(long), [0] * pad + [1] * len(short)])).logits[1, -1]
+        alone = net(input_ids=torch.tensor([short])).logits[0, -1]
+        assert (leaked - alone).abs().max() > 1e-2  # why: transformers' padding leaks into the row
+
+        gen = torch.Generator().manual_seed(2)
+        prompts = [torch.randint(5, net.config.vocab_size, (n,), generator=gen).tolist() for n in (70, 68, 65, 40)]
+        pads = torch.tensor([70 - len(p) for p in prompts])
+        ids = torch.tensor([[2] * (70 - len(p)) + p for p in prompts])
+        state = None
+        for start in range(0, 70, 16):
+            logits, state = _step(net, "recurrent_gemma", ids[:, start:start + 16], state, pads if state is None else None)
+        nxt = logits.argmax(-1)
+        stepped, _ = _step(net, "recurrent_gemma", nxt[:, None], state)
+        for row, prompt in enumerate(prompts):
+            whole = net(input_ids=torch.tensor([prompt])).logits[0, -1]
+            again = net(input_ids=torch.tensor([prompt + [int(nxt[row])]])).logits[0, -1]
+            assert torch.allclose(logits[row], whole, atol=1e-4), (row, float((logits[row] - whole).abs().max()))
+            assert torch.allclose(stepped[row], again, atol=1e-4), (row, float((stepped[row] - again).abs().max()))
+        assert greedy_stateful(net, "recurrent_gemma", ids, 4, {2}, 16, pads).shape[0] == 4
+
     encoded = [bpe.encode(p) for p in PROMPTS]
-    assert all(len({len(encoded[i]) for i in b}) == 1 for b in model._batches(list(range(len(PROMPTS))), encoded))
+    assert len({len(e) for e in encoded}) > 1 and model._batches(list(range(len(PROMPTS))), encoded) == [[1, 3, 2, 0]]
     got = model.generate(PROMPTS, GenParams(max_new_tokens=6))
-    assert [c.text for c in got] == [naive(model.model, bpe, p, 6) for p in PROMPTS]
+    assert [c.text for c in got] == [naive(net, bpe, p, 6) for p in PROMPTS]
 
 
 def test_batches_group_by_length_and_never_pad_the_stateful_loop(checkpoints):

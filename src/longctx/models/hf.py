@@ -2,7 +2,8 @@
 
 Speed and memory care, all checked against transformers' own `generate` in the tests:
 - prompts are sorted by token count and batched, so left padding stays within a few tokens;
-  families whose state is corrupted by padding (RWKV) are batched only with equal lengths;
+  families whose state is corrupted by padding (RWKV) are batched only with equal lengths, and
+  RecurrentGemma is padded only in our own loop, which keeps the padding out of its convolution;
 - only the last position's logits are computed on prefill (`logits_to_keep=1`);
 - attention models decode from a KV cache with reserved room (no copy per token); on the CPU
   they batch continuously, each prompt prefilled alone (reusing the cache of a long prefix it
@@ -26,7 +27,8 @@ from ..errors import UsageError
 from ..tokenizer import Tokenizer, _file_sha256, default_cache_dir, load_tokenizer
 from .base import Completion, GenParams, cut_at_stop, triage
 from .continuous import greedy_continuous
-from .stateful import STATE_LIST_FAMILIES, STATEFUL_FAMILIES, greedy_shrinking, greedy_stateful, takes_logits_to_keep
+from .stateful import (PADDED_IN_LOOP, STATE_LIST_FAMILIES, STATEFUL_FAMILIES, greedy_shrinking, greedy_stateful,
+                       takes_logits_to_keep)
 
 # Pure attention decoders whose KV cache can drop finished rows mid-batch (tested per family).
 SHRINKABLE = {"llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "phi3", "olmo", "olmo2",
@@ -36,11 +38,12 @@ SHRINKABLE = {"llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_t
 RECURRENT_FAMILIES = {"mamba", "mamba2", "rwkv", "rwkv6", "bamba", "zamba2", "falcon_h1", "nemotron_h",
                       "recurrent_gemma", "jamba", "granitemoehybrid"}
 # Families never padded: transformers' RWKV and the RWKV-6 checkpoints' own code ignore the
-# attention mask, so a left-padded row's state would take in its padding, and transformers'
-# RecurrentGemma convolves its first real tokens with the padding before them (the test shows the
-# logits move). They always run through stateful.py's loop, batched only with prompts of the
-# same length.
-NEVER_PADDED = STATE_LIST_FAMILIES | {"mamba_ssm", "recurrent_gemma"}
+# attention mask, so a left-padded row's state would take in its padding. They always run
+# through stateful.py's loop, batched only with prompts of the same length.
+NEVER_PADDED = STATE_LIST_FAMILIES | {"mamba_ssm"}
+# transformers' RecurrentGemma convolves a row's first tokens with the padding before them (the
+# test shows the logits move); it always runs through stateful.py's loop, which pads it without
+# that leak (PADDED_IN_LOOP).
 DEFAULT_CHUNK = 2048
 
 
@@ -92,11 +95,15 @@ class HFModel:
             self.pad_id = min(self.eos_ids) if self.eos_ids else 0
 
     def _stateful(self, n_tokens: int) -> bool:
-        """Whether a prompt of n tokens runs through our chunked loop (then it is batched only with
-        prompts of the same length: the loop does not pad)."""
-        if self.family in NEVER_PADDED:
+        """Whether a prompt of n tokens runs through our chunked loop."""
+        if self.family in NEVER_PADDED or self.family in PADDED_IN_LOOP:
             return True
         return self.family in STATEFUL_FAMILIES and self.prefill_chunk is not None and n_tokens > self.prefill_chunk
+
+    def _unpadded(self, n_tokens: int) -> bool:
+        """Whether a prompt of n tokens is batched only with prompts of its length: the loop pads
+        none but the PADDED_IN_LOOP families."""
+        return self._stateful(n_tokens) and self.family not in PADDED_IN_LOOP
 
     def generate(self, prompts: Sequence[str], params: GenParams) -> list[Completion]:
         import torch
@@ -147,14 +154,14 @@ class HFModel:
         return 1 if self.family == "rwkv" else self.batch_size
 
     def _batches(self, todo: list[int], encoded: list[list[int]]) -> list[list[int]]:
-        """Sorted by length; prompts for the stateful loop are batched only with equal lengths."""
+        """Sorted by length; prompts the stateful loop cannot pad are batched only with equal lengths."""
         order = sorted(todo, key=lambda i: len(encoded[i]))
         batches: list[list[int]] = []
         for i in order:
             last = batches[-1] if batches else None
             fits = last is not None and len(last) < self._max_batch and (
                 len(encoded[last[0]]) == len(encoded[i])
-                or not (self._stateful(len(encoded[i])) or self._stateful(len(encoded[last[0]]))))
+                or not (self._unpadded(len(encoded[i])) or self._unpadded(len(encoded[last[0]]))))
             if fits:
                 last.append(i)
             else:
@@ -166,8 +173,9 @@ class HFModel:
 
         width = max(len(r) for r in rows)
         ids = torch.tensor([[self.pad_id] * (width - len(r)) + r for r in rows], device=self.device)
-        if self._stateful(width):  # equal lengths, no padding (see _batches)
-            out = greedy_stateful(self.model, self.family, ids, max_new, self.eos_ids, self.prefill_chunk)
+        if self._stateful(width):  # equal lengths unless the loop pads the family (see _batches)
+            pads = torch.tensor([width - len(r) for r in rows]) if self.family in PADDED_IN_LOOP else None
+            out = greedy_stateful(self.model, self.family, ids, max_new, self.eos_ids, self.prefill_chunk, pads)
             return [_until_eos(row.tolist(), self.eos_ids) for row in out]
         mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=self.device)
         chunked = bool(self.prefill_chunk and width > self.prefill_chunk)

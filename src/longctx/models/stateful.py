@@ -20,12 +20,18 @@ STATE_LIST_FAMILIES = {"rwkv", "rwkv6"}
 STATEFUL_FAMILIES = {"mamba2", "mamba_ssm", "recurrent_gemma"} | STATE_LIST_FAMILIES  # mamba_ssm: our MixerLM
 
 
-def _step(model, family: str, ids, state):
-    """One forward over `ids` continuing from `state`; returns (last-position logits, new state)."""
+# Families this loop may left-pad: it keeps the padding out of what would take it in.
+PADDED_IN_LOOP = {"recurrent_gemma"}
+
+
+def _step(model, family: str, ids, state, pads=None):
+    """One forward over `ids` continuing from `state`; returns (last-position logits, new state).
+    `pads` (a PADDED_IN_LOOP family's first call only): each row's left padding."""
+    if family == "recurrent_gemma":
+        return _recurrent_gemma_step(model, ids, state, pads)
+    assert pads is None, f"{family} cannot be padded"
     if family == "mamba_ssm":
         return model.step(ids, state)
-    if family == "recurrent_gemma":
-        return _recurrent_gemma_step(model, ids, state)
     if family == "mamba2":
         if state is None:
             from transformers import DynamicCache
@@ -38,25 +44,30 @@ def _step(model, family: str, ids, state):
     return out.logits[:, -1], out.state
 
 
-def _recurrent_gemma_step(model, ids, state):
+def _recurrent_gemma_step(model, ids, state, pads):
     """transformers' RecurrentGemma keeps its RG-LRU and convolution states on its recurrent
-    blocks and its attention's keys in a cache; `state` is that cache and the tokens seen. A
-    multi-token call restarts the blocks' convolution from zeros, right for a prompt's first
-    chunk only: a later chunk gets the previous columns prepended (`_conv_carried`). Positions are
-    passed explicitly: position 0 is where the RG-LRU resets its state."""
+    blocks and its attention's keys in a cache; `state` is that cache, the columns seen and the
+    rows' left padding. Its recurrent blocks ignore the attention mask, and a multi-token call
+    restarts their convolution from zeros: `_convolution_fixed` gives a later chunk the previous
+    columns and keeps padding out of it. The RG-LRU resets its state at position 0, each row's
+    first real token, so padding before it leaves no trace there."""
     import torch
     from transformers import DynamicCache
 
     if state is None:
         for block in _recurrent_blocks(model):
             block.conv1d_state = None  # the block starts fresh states sized for this batch
-        state = (DynamicCache(config=model.config), 0)
-    cache, seen = state
-    batch, n = ids.shape
-    positions = torch.arange(seen, seen + n, device=ids.device).expand(batch, n)
-    with _conv_carried(model, seen > 0 and n > 1):
-        out = model(input_ids=ids, position_ids=positions, past_key_values=cache, use_cache=True, logits_to_keep=1)
-    return out.logits[:, -1], (cache, seen + n)
+        pads = torch.zeros(ids.shape[0], dtype=torch.long) if pads is None else pads
+        state = (DynamicCache(config=model.config), 0, pads.to(ids.device))
+    cache, seen, pads = state
+    n = ids.shape[1]
+    positions = torch.arange(seen, seen + n, device=ids.device) - pads[:, None]
+    positions = positions.masked_fill(positions < 0, 1)  # padding: anywhere but 0 (as `generate` does)
+    mask = (torch.arange(seen + n, device=ids.device) >= pads[:, None]).long()
+    with _convolution_fixed(model, seen, n, pads):
+        out = model(input_ids=ids, position_ids=positions, attention_mask=mask, past_key_values=cache,
+                    use_cache=True, logits_to_keep=1)
+    return out.logits[:, -1], (cache, seen + n, pads)
 
 
 def _recurrent_blocks(model) -> list:
@@ -66,28 +77,33 @@ def _recurrent_blocks(model) -> list:
 
 
 @contextlib.contextmanager
-def _conv_carried(model, continuing: bool):
-    """While a later prompt chunk runs, each recurrent block's causal convolution sees the last
-    columns of the chunk before (its `conv1d_state`) in front of the new ones, as one pass over
-    the whole prompt would, and leaves the last columns of both as the state for what follows
-    (also right for a chunk shorter than the kernel). A one-token call needs none of this:
+def _convolution_fixed(model, seen: int, n: int, pads):
+    """While a multi-token call over columns [seen, seen + n) runs, each recurrent block's causal
+    convolution sees what one pass over each row alone would: the last columns of the call before
+    (its `conv1d_state`) in front of the new ones, and zeros in place of padding (a prompt alone
+    starts after zeros). It leaves the last columns, so masked, as the state for what follows
+    (also right for a call shorter than the kernel). A one-token call needs none of this:
     transformers' decoding branch reads the state itself."""
-    if not continuing:
+    if n == 1:
         yield
         return
     import torch
 
     patched = []
     for block in _recurrent_blocks(model):
-        conv, carry = block.conv_1d, block.conv1d_state  # carry: [batch, channels, kernel - 1]
+        conv, carry = block.conv_1d, block.conv1d_state if seen else None  # carry: [batch, channels, kernel - 1]
 
-        def carried(x, conv=conv, carry=carry, block=block):
-            joined = torch.cat([carry, x], dim=-1)
-            # The block sets conv1d_state from this chunk alone before it calls the convolution.
-            block.conv1d_state = joined[..., -carry.shape[-1]:]
-            return type(conv).forward(conv, joined)[..., carry.shape[-1]:]  # the block keeps the first len(x)
+        def fixed(x, conv=conv, carry=carry, block=block):
+            joined = x if carry is None else torch.cat([carry, x], dim=-1)
+            behind = joined.shape[-1] - x.shape[-1]
+            real = torch.arange(seen - behind, seen + x.shape[-1], device=x.device) >= pads[:, None]
+            joined = joined.masked_fill(~real[:, None, :], 0)
+            # The block sets conv1d_state from this call's columns as they came, before it calls this.
+            width = conv.kernel_size[0] - 1
+            block.conv1d_state = torch.nn.functional.pad(joined, (max(0, width - joined.shape[-1]), 0))[..., -width:]
+            return type(conv).forward(conv, joined)[..., behind:]  # the block keeps the first len(x)
 
-        conv.forward = carried
+        conv.forward = fixed
         patched.append(conv)
     try:
         yield
@@ -111,8 +127,9 @@ def _forward_names_logits_to_keep(cls) -> bool:
     return "logits_to_keep" in inspect.signature(cls.forward).parameters
 
 
-def greedy_stateful(model, family: str, ids, max_new: int, eos_ids: set[int], chunk: int | None):
-    """Argmax decoding of `max_new` tokens for a batch of equal-length prompts `ids` [B, L].
+def greedy_stateful(model, family: str, ids, max_new: int, eos_ids: set[int], chunk: int | None, pads=None):
+    """Argmax decoding of `max_new` tokens for a batch of prompts `ids` [B, L], of equal length
+    unless the family is PADDED_IN_LOOP (then `pads` [B] is each row's left padding).
     Rows that have produced an end token are padded with it until every row is done."""
     import torch
 
@@ -120,7 +137,7 @@ def greedy_stateful(model, family: str, ids, max_new: int, eos_ids: set[int], ch
     step = chunk or width
     state = None
     for start in range(0, width, step):
-        logits, state = _step(model, family, ids[:, start:start + step], state)
+        logits, state = _step(model, family, ids[:, start:start + step], state, pads if state is None else None)
     eos = torch.tensor(sorted(eos_ids) or [-1], device=ids.device)
     done = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
     produced = []
