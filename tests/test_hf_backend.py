@@ -101,7 +101,7 @@ def test_recurrent_gemma_padding_is_kept_out_of_its_convolution(checkpoints, bpe
     them (its recurrent blocks ignore the attention mask), so a padded row's logits move. The
     backend runs it through stateful.py's loop, which puts zeros in place of the padding, as
     before a prompt alone: rows padded by 0, 2 (inside the kernel), 5 and 30 tokens (past a
-    16-token chunk), prefilled in chunks, give each prompt's logits alone, and so does a decode
+    16-token chunk), prefilled in chunks of 16 or 1, give each prompt's logits alone, and so does a decode
     step after them; different lengths share a batch and answer as the naive loop does."""
     from longctx.models.stateful import greedy_stateful, _step
 
@@ -119,16 +119,18 @@ def test_recurrent_gemma_padding_is_kept_out_of_its_convolution(checkpoints, bpe
         prompts = [torch.randint(5, net.config.vocab_size, (n,), generator=gen).tolist() for n in (70, 68, 65, 40)]
         pads = torch.tensor([70 - len(p) for p in prompts])
         ids = torch.tensor([[2] * (70 - len(p)) + p for p in prompts])
-        state = None
-        for start in range(0, 70, 16):
-            logits, state = _step(net, "recurrent_gemma", ids[:, start:start + 16], state, pads if state is None else None)
-        nxt = logits.argmax(-1)
-        stepped, _ = _step(net, "recurrent_gemma", nxt[:, None], state)
-        for row, prompt in enumerate(prompts):
-            whole = net(input_ids=torch.tensor([prompt])).logits[0, -1]
-            again = net(input_ids=torch.tensor([prompt + [int(nxt[row])]])).logits[0, -1]
-            assert torch.allclose(logits[row], whole, atol=1e-4), (row, float((logits[row] - whole).abs().max()))
-            assert torch.allclose(stepped[row], again, atol=1e-4), (row, float((stepped[row] - again).abs().max()))
+        for chunk in (16, 1):  # one-token chunks go through transformers' decoding branch, padding too
+            state = None
+            for start in range(0, 70, chunk):
+                logits, state = _step(net, "recurrent_gemma", ids[:, start:start + chunk], state,
+                                      pads if state is None else None)
+            nxt = logits.argmax(-1)
+            stepped, _ = _step(net, "recurrent_gemma", nxt[:, None], state)
+            for row, prompt in enumerate(prompts):
+                whole = net(input_ids=torch.tensor([prompt])).logits[0, -1]
+                again = net(input_ids=torch.tensor([prompt + [int(nxt[row])]])).logits[0, -1]
+                assert torch.allclose(logits[row], whole, atol=1e-4), (chunk, row, float((logits[row] - whole).abs().max()))
+                assert torch.allclose(stepped[row], again, atol=1e-4), (chunk, row, float((stepped[row] - again).abs().max()))
         assert greedy_stateful(net, "recurrent_gemma", ids, 4, {2}, 16, pads).shape[0] == 4
 
     encoded = [bpe.encode(p) for p in PROMPTS]

@@ -82,12 +82,18 @@ def _convolution_fixed(model, seen: int, n: int, pads):
     convolution sees what one pass over each row alone would: the last columns of the call before
     (its `conv1d_state`) in front of the new ones, and zeros in place of padding (a prompt alone
     starts after zeros). It leaves the last columns, so masked, as the state for what follows
-    (also right for a call shorter than the kernel). A one-token call needs none of this:
-    transformers' decoding branch reads the state itself."""
+    (also right for a call shorter than the kernel). A one-token call goes through transformers'
+    decoding branch, which reads and updates the state itself; a row for which that column is
+    padding (only with one-token prefill chunks) gets its zeros back after it."""
+    import torch
+
     if n == 1:
         yield
+        padding = pads > seen
+        if bool(padding.any()):
+            for block in _recurrent_blocks(model):
+                block.conv1d_state[padding] = 0
         return
-    import torch
 
     patched = []
     for block in _recurrent_blocks(model):
