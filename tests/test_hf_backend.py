@@ -139,6 +139,31 @@ def test_recurrent_gemma_padding_is_kept_out_of_its_convolution(checkpoints, bpe
     assert [c.text for c in got] == [naive(net, bpe, p, 6) for p in PROMPTS]
 
 
+def test_recurrent_gemma_convolution_patch_keeps_a_forward_already_on_the_module(checkpoints):
+    """A forward already set on the convolution module (an accelerate hook sets one) still runs
+    inside the chunked prefill, and is the module's forward again afterwards."""
+    from longctx.models.stateful import _recurrent_blocks, _step
+
+    model = load_model("hf", path=str(checkpoints["recurrent_gemma"])).model
+    conv = _recurrent_blocks(model)[0].conv_1d
+    calls = []
+
+    def hooked(x, inner=conv.forward):
+        calls.append(x.shape[-1])
+        return inner(x)
+
+    conv.forward = hooked
+    ids = torch.randint(5, model.config.vocab_size, (1, 20), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        whole = model(input_ids=ids).logits[:, -1]
+        calls.clear()
+        _, state = _step(model, "recurrent_gemma", ids[:, :12], None)
+        logits, _ = _step(model, "recurrent_gemma", ids[:, 12:], state)
+    assert calls == [12, 8 + 3]  # the second chunk with the 3 columns carried from the first
+    assert conv.forward is hooked
+    assert torch.allclose(logits, whole, atol=1e-4)
+
+
 def test_batches_group_by_length_and_never_pad_the_stateful_loop(checkpoints):
     rwkv = load_model("hf", path=str(checkpoints["rwkv"]), batch_size=8)
     llama = load_model("hf", path=str(checkpoints["llama"]), batch_size=2)

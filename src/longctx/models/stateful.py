@@ -99,7 +99,7 @@ def _convolution_fixed(model, seen: int, n: int, pads):
     for block in _recurrent_blocks(model):
         conv, carry = block.conv_1d, block.conv1d_state if seen else None  # carry: [batch, channels, kernel - 1]
 
-        def fixed(x, conv=conv, carry=carry, block=block):
+        def fixed(x, conv=conv, carry=carry, block=block, inner=conv.forward):
             joined = x if carry is None else torch.cat([carry, x], dim=-1)
             behind = joined.shape[-1] - x.shape[-1]
             real = torch.arange(seen - behind, seen + x.shape[-1], device=x.device) >= pads[:, None]
@@ -107,15 +107,18 @@ def _convolution_fixed(model, seen: int, n: int, pads):
             # The block sets conv1d_state from this call's columns as they came, before it calls this.
             width = conv.kernel_size[0] - 1
             block.conv1d_state = torch.nn.functional.pad(joined, (max(0, width - joined.shape[-1]), 0))[..., -width:]
-            return type(conv).forward(conv, joined)[..., behind:]  # the block keeps the first len(x)
+            return inner(joined)[..., behind:]  # the block keeps the first len(x)
 
+        patched.append((conv, conv.__dict__.get("forward")))  # an instance forward already there (a hook's)
         conv.forward = fixed
-        patched.append(conv)
     try:
         yield
     finally:
-        for conv in patched:
-            del conv.forward  # the instance attribute: the class's forward again
+        for conv, before in patched:
+            if before is None:
+                del conv.forward  # the instance attribute: the class's forward again
+            else:
+                conv.forward = before
 
 
 def takes_logits_to_keep(model) -> bool:
