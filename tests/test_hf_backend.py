@@ -290,6 +290,9 @@ def test_options_and_backends_are_validated(checkpoints):
         load_model("hf", path=str(checkpoints["llama"]), dtype="int3")
     with pytest.raises(UsageError, match="chat_template"):
         load_model("hf", path=str(checkpoints["llama"]), chat_template=True)
+    for bad in (-5, 2.5, "16"):
+        with pytest.raises(UsageError, match="prefill_chunk"):
+            load_model("hf", path=str(checkpoints["mamba2"]), prefill_chunk=bad)
     with pytest.raises(UsageError, match="cannot load|not found"):
         load_model("hf", path="/no/such/model")
 

@@ -84,6 +84,9 @@ class HFModel:
             raise UsageError(f"chat_template requested but {name}'s tokenizer has none")
         self.max_context, self.train_context = max_context, train_context
         self._shrinks = family in SHRINKABLE
+        if prefill_chunk is not None and prefill_chunk != -1 and (not isinstance(prefill_chunk, int) or prefill_chunk < 0):
+            raise UsageError(f"prefill_chunk must be a number of tokens (0: one pass; -1: the family's default), "
+                             f"not {prefill_chunk!r}")
         if prefill_chunk == -1:  # auto
             prefill_chunk = DEFAULT_CHUNK if family in RECURRENT_FAMILIES else None
         self.prefill_chunk = int(prefill_chunk) if prefill_chunk else None
