@@ -293,6 +293,11 @@ def test_options_and_backends_are_validated(checkpoints):
     for bad in (-5, 2.5, "16"):
         with pytest.raises(UsageError, match="prefill_chunk"):
             load_model("hf", path=str(checkpoints["mamba2"]), prefill_chunk=bad)
+    for option, bad in [("batch_size", "8"), ("draft_tokens", True), ("max_context", 0), ("device", "tpu"),
+                        ("trust_remote_code", "yes"), ("tokenizer", 3)]:
+        with pytest.raises(UsageError, match=option):
+            load_model("hf", path=str(checkpoints["llama"]), **{option: bad})
+    assert load_model("hf", path=str(checkpoints["llama"]), max_context=None, prefill_chunk=None).max_context is None
     with pytest.raises(UsageError, match="cannot load|not found"):
         load_model("hf", path="/no/such/model")
 

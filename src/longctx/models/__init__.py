@@ -79,9 +79,35 @@ def check_options(backend: str, options: dict):
     missing = [n for n in required if n not in options]
     if missing:
         raise UsageError(f"backend {backend!r} needs the option {missing[0]!r}")
+    for name, value in options.items():
+        if (problem := _wrong_type(name, value, params[name].annotation)) is not None:
+            raise UsageError(f"backend {backend!r}: {problem}")
+    if options.get("max_context") is not None and options["max_context"] < 1:
+        raise UsageError(f"backend {backend!r}: max_context must be at least 1 token, not {options['max_context']}")
     for key in ("path", "tokenizer"):
         resolve_alias(options.get(key))
     return cls
+
+
+_SIMPLE_TYPES = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,)}
+
+
+def _wrong_type(name: str, value, annotation) -> str | None:
+    """What is wrong with an option's value against its annotation, when the annotation is made
+    of int, float, str, bool and None (the backends' annotations are strings: postponed); None
+    when it fits or the annotation says more than that. A bool is no number here (YAML's `yes`)."""
+    if not isinstance(annotation, str):
+        return None
+    kinds = [k.strip() for k in annotation.split("|")]
+    if value is None and "None" in kinds:
+        return None
+    simple = [_SIMPLE_TYPES.get(k) for k in kinds if k != "None"]
+    if None in simple:
+        return None
+    for types in simple:
+        if isinstance(value, types) and (bool in types or not isinstance(value, bool)):
+            return None
+    return f"option {name} must be {annotation}, not {value!r}"
 
 
 def load_model(backend: str, **options) -> ModelAdapter:

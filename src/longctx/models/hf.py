@@ -238,6 +238,10 @@ def _device(device: str) -> str:
 
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        torch.device(device)
+    except RuntimeError:
+        raise UsageError(f"device must be cpu, cuda, cuda:N or auto (or another torch device), not {device!r}") from None
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise UsageError(f"device {device!r} requested but torch sees no CUDA GPU")
     return device
