@@ -9,6 +9,7 @@ import torch
 
 from longctx.errors import UsageError
 from longctx.models import GenParams, load_model
+from longctx.models.stateful import PADDED_IN_LOOP
 from tiny_models import FAMILIES, make_checkpoint
 
 PROMPTS = ["The grass is green. The sky is blue. " * 9 + "The special magic number is 1234.",
@@ -96,42 +97,74 @@ def test_chunked_prefill_gives_one_pass_logits(family, chunk, checkpoints):
     assert torch.allclose(stepped, again, atol=1e-4), float((stepped - again).abs().max())
 
 
-def test_recurrent_gemma_padding_is_kept_out_of_its_convolution(checkpoints, bpe):
-    """transformers' RecurrentGemma convolves a row's first tokens with the left padding before
-    them (its recurrent blocks ignore the attention mask), so a padded row's logits move. The
-    backend runs it through stateful.py's loop, which puts zeros in place of the padding, as
-    before a prompt alone: rows padded by 0, 2 (inside the kernel), 5 and 30 tokens (past a
-    16-token chunk), prefilled in chunks of 16 or 1, give each prompt's logits alone, and so does a decode
-    step after them; different lengths share a batch and answer as the naive loop does."""
-    from longctx.models.stateful import greedy_stateful, _step
-
-    model = load_model("hf", path=str(checkpoints["recurrent_gemma"]), batch_size=4)
-    net = model.model
+def test_recurrent_gemma_padding_leaks_in_transformers(checkpoints, bpe):
+    """Why RecurrentGemma never goes through `generate` with padding: transformers' recurrent
+    blocks ignore the attention mask and convolve a row's first tokens with the padding before them."""
+    net = load_model("hf", path=str(checkpoints["recurrent_gemma"])).model
     short, long = bpe.encode(PROMPTS[1]), bpe.encode(PROMPTS[0])
     pad = len(long) - len(short)
     with torch.no_grad():
         leaked = net(input_ids=torch.tensor([long, [2] * pad + short]),
                      attention_mask=torch.tensor([[1] * len(long), [0] * pad + [1] * len(short)])).logits[1, -1]
         alone = net(input_ids=torch.tensor([short])).logits[0, -1]
-        assert (leaked - alone).abs().max() > 1e-2  # why: transformers' padding leaks into the row
+    assert (leaked - alone).abs().max() > 1e-2
 
-        gen = torch.Generator().manual_seed(2)
-        prompts = [torch.randint(5, net.config.vocab_size, (n,), generator=gen).tolist() for n in (70, 68, 65, 40)]
-        pads = torch.tensor([70 - len(p) for p in prompts])
-        ids = torch.tensor([[2] * (70 - len(p)) + p for p in prompts])
+
+def test_mamba2_with_an_input_bias_is_never_padded(checkpoints, tmp_path, bpe):
+    """transformers' Mamba2 zeroes padding before its input projection, whose bias (`use_bias`)
+    then reaches the convolution over a row's first tokens: such a model is batched only with
+    prompts of its length."""
+    import shutil
+
+    folder = tmp_path / "biased"
+    shutil.copytree(checkpoints["mamba2"], folder)
+    cfg = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**cfg, "use_bias": True}))
+    model = load_model("hf", path=str(folder), batch_size=4)
+    net = model.model
+    with torch.no_grad():
+        for layer in net.backbone.layers:
+            layer.mixer.in_proj.bias.normal_(0, 0.5)
+        short, long = bpe.encode(PROMPTS[1]), bpe.encode(PROMPTS[0])
+        pad = len(long) - len(short)
+        leaked = net(input_ids=torch.tensor([long, [2] * pad + short]),
+                     attention_mask=torch.tensor([[1] * len(long), [0] * pad + [1] * len(short)])).logits[1, -1]
+        alone = net(input_ids=torch.tensor([short])).logits[0, -1]
+    assert (leaked - alone).abs().max() > 1e-3
+    encoded = [bpe.encode(p) for p in PROMPTS]
+    assert all(len({len(encoded[i]) for i in b}) == 1 for b in model._batches(list(range(len(PROMPTS))), encoded))
+    got = model.generate(PROMPTS, GenParams(max_new_tokens=6))
+    assert [c.text for c in got] == [naive(net, bpe, p, 6) for p in PROMPTS]
+
+
+@pytest.mark.parametrize("family", sorted(PADDED_IN_LOOP))
+def test_padded_rows_in_the_stateful_loop_give_each_prompt_alone(family, checkpoints, bpe):
+    """stateful.py's loop pads these families without letting the padding in (RecurrentGemma:
+    zeros in place of padding in its convolution; Mamba2: transformers' own mask): rows padded by
+    0, 2 (inside a convolution kernel), 5 and 30 tokens (past a 16-token chunk), prefilled in
+    chunks of 16 or 1, give each prompt's logits alone, and so does a decode step after them.
+    Different lengths share a batch and answer as the naive loop does."""
+    from longctx.models.stateful import _step, greedy_stateful
+
+    model = load_model("hf", path=str(checkpoints[family]), batch_size=4)
+    net = model.model
+    gen = torch.Generator().manual_seed(2)
+    prompts = [torch.randint(5, net.config.vocab_size, (n,), generator=gen).tolist() for n in (70, 68, 65, 40)]
+    pads = torch.tensor([70 - len(p) for p in prompts])
+    ids = torch.tensor([[2] * (70 - len(p)) + p for p in prompts])
+    with torch.no_grad():
         for chunk in (16, 1):  # one-token chunks go through transformers' decoding branch, padding too
             state = None
             for start in range(0, 70, chunk):
-                logits, state = _step(net, "recurrent_gemma", ids[:, start:start + chunk], state,
-                                      pads if state is None else None)
+                logits, state = _step(net, family, ids[:, start:start + chunk], state, pads if state is None else None)
             nxt = logits.argmax(-1)
-            stepped, _ = _step(net, "recurrent_gemma", nxt[:, None], state)
+            stepped, _ = _step(net, family, nxt[:, None], state)
             for row, prompt in enumerate(prompts):
                 whole = net(input_ids=torch.tensor([prompt])).logits[0, -1]
                 again = net(input_ids=torch.tensor([prompt + [int(nxt[row])]])).logits[0, -1]
                 assert torch.allclose(logits[row], whole, atol=1e-4), (chunk, row, float((logits[row] - whole).abs().max()))
                 assert torch.allclose(stepped[row], again, atol=1e-4), (chunk, row, float((stepped[row] - again).abs().max()))
-        assert greedy_stateful(net, "recurrent_gemma", ids, 4, {2}, 16, pads).shape[0] == 4
+        assert greedy_stateful(net, family, ids, 4, {2}, 16, pads).shape[0] == 4
 
     encoded = [bpe.encode(p) for p in PROMPTS]
     assert len({len(e) for e in encoded}) > 1 and model._batches(list(range(len(PROMPTS))), encoded) == [[1, 3, 2, 0]]
@@ -164,12 +197,12 @@ def test_recurrent_gemma_convolution_patch_keeps_a_forward_already_on_the_module
     assert torch.allclose(logits, whole, atol=1e-4)
 
 
-def test_batches_group_by_length_and_never_pad_the_stateful_loop(checkpoints):
+def test_batches_group_by_length_and_pad_only_what_the_loop_can_pad(checkpoints):
     rwkv = load_model("hf", path=str(checkpoints["rwkv"]), batch_size=8)
     llama = load_model("hf", path=str(checkpoints["llama"]), batch_size=2)
     enc = [[0] * n for n in (30, 10, 10, 20, 11)]
     mamba2 = load_model("hf", path=str(checkpoints["mamba2"]), batch_size=8, prefill_chunk=4)
-    assert mamba2._batches(list(range(5)), enc) == [[1, 2], [4], [3], [0]]
+    assert mamba2._batches(list(range(5)), enc) == [[1, 2, 4, 3, 0]]  # the loop pads Mamba2 (PADDED_IN_LOOP)
     assert llama._batches(list(range(5)), enc) == [[1, 2], [4, 3], [0]]
     assert rwkv._batches(list(range(5)), enc) == [[1], [2], [4], [3], [0]]  # see the next test
 

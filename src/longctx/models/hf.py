@@ -3,7 +3,8 @@
 Speed and memory care, all checked against transformers' own `generate` in the tests:
 - prompts are sorted by token count and batched, so left padding stays within a few tokens;
   families whose state is corrupted by padding (RWKV) are batched only with equal lengths, and
-  RecurrentGemma is padded only in our own loop, which keeps the padding out of its convolution;
+  RecurrentGemma and Mamba2 are padded only in our own loop, which keeps the padding out of
+  their state;
 - only the last position's logits are computed on prefill (`logits_to_keep=1`);
 - attention models decode from a KV cache with reserved room (no copy per token); on the CPU
   they batch continuously, each prompt prefilled alone (reusing the cache of a long prefix it
@@ -43,7 +44,8 @@ RECURRENT_FAMILIES = {"mamba", "mamba2", "rwkv", "rwkv6", "bamba", "zamba2", "fa
 NEVER_PADDED = STATE_LIST_FAMILIES | {"mamba_ssm"}
 # transformers' RecurrentGemma convolves a row's first tokens with the padding before them (the
 # test shows the logits move); it always runs through stateful.py's loop, which pads it without
-# that leak (PADDED_IN_LOOP).
+# that leak, and so does Mamba2 (PADDED_IN_LOOP), whose own mask zeroes padding before its input
+# projection: exact only without a bias there (`use_bias`), so a Mamba2 with one is never padded.
 DEFAULT_CHUNK = 2048
 
 
@@ -84,6 +86,7 @@ class HFModel:
             raise UsageError(f"chat_template requested but {name}'s tokenizer has none")
         self.max_context, self.train_context = max_context, train_context
         self._shrinks = family in SHRINKABLE
+        self._loop_pads = family in PADDED_IN_LOOP and not getattr(model.config, "use_bias", False)
         if prefill_chunk is not None and prefill_chunk != -1 and (not isinstance(prefill_chunk, int) or prefill_chunk < 0):
             raise UsageError(f"prefill_chunk must be a number of tokens (0: one pass; -1: the family's default), "
                              f"not {prefill_chunk!r}")
@@ -106,7 +109,7 @@ class HFModel:
     def _unpadded(self, n_tokens: int) -> bool:
         """Whether a prompt of n tokens is batched only with prompts of its length: the loop pads
         none but the PADDED_IN_LOOP families."""
-        return self._stateful(n_tokens) and self.family not in PADDED_IN_LOOP
+        return self._stateful(n_tokens) and not self._loop_pads
 
     def generate(self, prompts: Sequence[str], params: GenParams) -> list[Completion]:
         import torch
@@ -177,7 +180,7 @@ class HFModel:
         width = max(len(r) for r in rows)
         ids = torch.tensor([[self.pad_id] * (width - len(r)) + r for r in rows], device=self.device)
         if self._stateful(width):  # equal lengths unless the loop pads the family (see _batches)
-            pads = torch.tensor([width - len(r) for r in rows]) if self.family in PADDED_IN_LOOP else None
+            pads = torch.tensor([width - len(r) for r in rows]) if self._loop_pads else None
             out = greedy_stateful(self.model, self.family, ids, max_new, self.eos_ids, self.prefill_chunk, pads)
             return [_until_eos(row.tolist(), self.eos_ids) for row in out]
         mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=self.device)

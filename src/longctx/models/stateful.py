@@ -21,7 +21,7 @@ STATEFUL_FAMILIES = {"mamba2", "mamba_ssm", "recurrent_gemma"} | STATE_LIST_FAMI
 
 
 # Families this loop may left-pad: it keeps the padding out of what would take it in.
-PADDED_IN_LOOP = {"recurrent_gemma"}
+PADDED_IN_LOOP = {"recurrent_gemma", "mamba2"}
 
 
 def _step(model, family: str, ids, state, pads=None):
@@ -29,19 +29,36 @@ def _step(model, family: str, ids, state, pads=None):
     `pads` (a PADDED_IN_LOOP family's first call only): each row's left padding."""
     if family == "recurrent_gemma":
         return _recurrent_gemma_step(model, ids, state, pads)
+    if family == "mamba2":
+        return _mamba2_step(model, ids, state, pads)
     assert pads is None, f"{family} cannot be padded"
     if family == "mamba_ssm":
         return model.step(ids, state)
-    if family == "mamba2":
-        if state is None:
-            from transformers import DynamicCache
-
-            state = DynamicCache(config=model.config)
-        out = model(input_ids=ids, cache_params=state, use_cache=True, logits_to_keep=1)
-        return out.logits[:, -1], out.cache_params
     keep = {"logits_to_keep": 1} if takes_logits_to_keep(model) else {}
     out = model(input_ids=ids, state=state, use_cache=True, **keep)
     return out.logits[:, -1], out.state
+
+
+def _mamba2_step(model, ids, state, pads):
+    """transformers' Mamba2 zeroes padding before its convolution and its scan when it gets the
+    attention mask, in a chunk that continues its cache too; `state` is that cache, the columns
+    seen and the rows' left padding (None: none). A one-token call takes no mask (transformers:
+    a decoded token is never padding), so a row for which that column is padding (one-token
+    prefill chunks only) gets its zero states back after it."""
+    import torch
+    from transformers import DynamicCache
+
+    if state is None:
+        state = (DynamicCache(config=model.config), 0, pads)
+    cache, seen, pads = state
+    n = ids.shape[1]
+    mask = None if pads is None else (torch.arange(seen + n, device=ids.device) >= pads[:, None].to(ids.device)).long()
+    out = model(input_ids=ids, cache_params=cache, attention_mask=mask, use_cache=True, logits_to_keep=1)
+    if pads is not None and n == 1 and bool((padding := pads > seen).any()):
+        for i in range(len(cache.layers)):
+            for tensor in (cache.get_conv_state(i), cache.get_recurrent_state(i)):
+                tensor[padding] = 0  # in place: the cache's own tensors
+    return out.logits[:, -1], (cache, seen + n, pads)
 
 
 def _recurrent_gemma_step(model, ids, state, pads):
