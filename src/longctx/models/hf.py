@@ -28,8 +28,7 @@ from ..errors import UsageError
 from ..tokenizer import Tokenizer, _file_sha256, default_cache_dir, load_tokenizer
 from .base import Completion, GenParams, cut_at_stop, triage
 from .continuous import greedy_continuous
-from .stateful import (PADDED_IN_LOOP, STATE_LIST_FAMILIES, STATEFUL_FAMILIES, greedy_shrinking, greedy_stateful,
-                       takes_logits_to_keep)
+from .stateful import PADDED_IN_LOOP, STATEFUL_FAMILIES, greedy_shrinking, greedy_stateful, takes_logits_to_keep
 
 # Pure attention decoders whose KV cache can drop finished rows mid-batch (tested per family).
 SHRINKABLE = {"llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "phi3", "olmo", "olmo2",
@@ -38,14 +37,13 @@ SHRINKABLE = {"llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_t
 # Families with a recurrent state: prefill in chunks by default.
 RECURRENT_FAMILIES = {"mamba", "mamba2", "rwkv", "rwkv6", "bamba", "zamba2", "falcon_h1", "nemotron_h",
                       "recurrent_gemma", "jamba", "granitemoehybrid"}
-# Families never padded: transformers' RWKV and the RWKV-6 checkpoints' own code ignore the
-# attention mask, so a left-padded row's state would take in its padding. They always run
-# through stateful.py's loop, batched only with prompts of the same length.
-NEVER_PADDED = STATE_LIST_FAMILIES | {"mamba_ssm"}
-# transformers' RecurrentGemma convolves a row's first tokens with the padding before them (the
-# test shows the logits move); it always runs through stateful.py's loop, which pads it without
-# that leak, and so does Mamba2 (PADDED_IN_LOOP), whose own mask zeroes padding before its input
-# projection: exact only without a bias there (`use_bias`), so a Mamba2 with one is never padded.
+# Every prompt of a STATEFUL_FAMILIES model runs through stateful.py's loop: transformers cannot
+# chunk their prefill, and `generate` lets padding into RecurrentGemma (its convolution ignores
+# the attention mask; the test shows the logits move). The loop pads only PADDED_IN_LOOP families,
+# keeping the padding out of their state; for Mamba2 that rests on transformers' mask, which zeroes
+# padding before the input projection, so it is exact only without a bias there (`use_bias`). The
+# others (transformers' RWKV and the RWKV-6 code ignore the mask; our MixerLM takes none) are
+# batched only with prompts of the same length.
 DEFAULT_CHUNK = 2048
 
 
@@ -86,6 +84,7 @@ class HFModel:
             raise UsageError(f"chat_template requested but {name}'s tokenizer has none")
         self.max_context, self.train_context = max_context, train_context
         self._shrinks = family in SHRINKABLE
+        self._in_loop = family in STATEFUL_FAMILIES
         self._loop_pads = family in PADDED_IN_LOOP and not getattr(model.config, "use_bias", False)
         if prefill_chunk is not None and prefill_chunk != -1 and (not isinstance(prefill_chunk, int) or prefill_chunk < 0):
             raise UsageError(f"prefill_chunk must be a number of tokens (0: one pass; -1: the family's default), "
@@ -99,17 +98,6 @@ class HFModel:
         self.pad_id = tokenizer.hf.pad_token_id
         if self.pad_id is None:
             self.pad_id = min(self.eos_ids) if self.eos_ids else 0
-
-    def _stateful(self, n_tokens: int) -> bool:
-        """Whether a prompt of n tokens runs through our chunked loop."""
-        if self.family in NEVER_PADDED or self.family in PADDED_IN_LOOP:
-            return True
-        return self.family in STATEFUL_FAMILIES and self.prefill_chunk is not None and n_tokens > self.prefill_chunk
-
-    def _unpadded(self, n_tokens: int) -> bool:
-        """Whether a prompt of n tokens is batched only with prompts of its length: the loop pads
-        none but the PADDED_IN_LOOP families."""
-        return self._stateful(n_tokens) and not self._loop_pads
 
     def generate(self, prompts: Sequence[str], params: GenParams) -> list[Completion]:
         import torch
@@ -162,12 +150,12 @@ class HFModel:
     def _batches(self, todo: list[int], encoded: list[list[int]]) -> list[list[int]]:
         """Sorted by length; prompts the stateful loop cannot pad are batched only with equal lengths."""
         order = sorted(todo, key=lambda i: len(encoded[i]))
+        unpadded = self._in_loop and not self._loop_pads
         batches: list[list[int]] = []
         for i in order:
             last = batches[-1] if batches else None
             fits = last is not None and len(last) < self._max_batch and (
-                len(encoded[last[0]]) == len(encoded[i])
-                or not (self._unpadded(len(encoded[i])) or self._unpadded(len(encoded[last[0]]))))
+                len(encoded[last[0]]) == len(encoded[i]) or not unpadded)
             if fits:
                 last.append(i)
             else:
@@ -179,7 +167,7 @@ class HFModel:
 
         width = max(len(r) for r in rows)
         ids = torch.tensor([[self.pad_id] * (width - len(r)) + r for r in rows], device=self.device)
-        if self._stateful(width):  # equal lengths unless the loop pads the family (see _batches)
+        if self._in_loop:  # equal lengths unless the loop pads the family (see _batches)
             pads = torch.tensor([width - len(r) for r in rows]) if self._loop_pads else None
             out = greedy_stateful(self.model, self.family, ids, max_new, self.eos_ids, self.prefill_chunk, pads)
             return [_until_eos(row.tolist(), self.eos_ids) for row in out]

@@ -5,7 +5,9 @@ for our own `MixerLM` (mamba_ssm checkpoints).
 
 Feeding the prompt in chunks of `chunk` tokens and carrying the recurrent state between them
 gives the same logits as one pass (checked in the tests) while the activations, and so the
-peak memory, stay those of one chunk whatever the prompt length.
+peak memory, stay those of one chunk whatever the prompt length. Mamba2 and RecurrentGemma
+prompts of different lengths share a batch, left-padded, without the padding reaching their
+state (PADDED_IN_LOOP); the others are batched only with prompts of the same length.
 """
 
 from __future__ import annotations
@@ -18,8 +20,6 @@ import functools
 # forward has no logits_to_keep (hf.py feeds its head the last position only).
 STATE_LIST_FAMILIES = {"rwkv", "rwkv6"}
 STATEFUL_FAMILIES = {"mamba2", "mamba_ssm", "recurrent_gemma"} | STATE_LIST_FAMILIES  # mamba_ssm: our MixerLM
-
-
 # Families this loop may left-pad: it keeps the padding out of what would take it in.
 PADDED_IN_LOOP = {"recurrent_gemma", "mamba2"}
 
