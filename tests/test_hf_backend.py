@@ -137,7 +137,7 @@ def test_mamba2_with_an_input_bias_is_never_padded(checkpoints, tmp_path, bpe):
     assert [c.text for c in got] == [naive(net, bpe, p, 6) for p in PROMPTS]
 
 
-@pytest.mark.parametrize("family", sorted(PADDED_IN_LOOP))
+@pytest.mark.parametrize("family", sorted(PADDED_IN_LOOP - {"mamba_ssm"}))  # MixerLM: test_mamba_ssm.py
 def test_padded_rows_in_the_stateful_loop_give_each_prompt_alone(family, checkpoints, bpe):
     """stateful.py's loop pads these families without letting the padding in (RecurrentGemma:
     zeros in place of padding in its convolution; Mamba2: transformers' own mask): rows padded by

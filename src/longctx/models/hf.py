@@ -3,8 +3,8 @@
 Speed and memory care, all checked against transformers' own `generate` in the tests:
 - prompts are sorted by token count and batched, so left padding stays within a few tokens;
   families whose state is corrupted by padding (RWKV) are batched only with equal lengths, and
-  RecurrentGemma and Mamba2 are padded only in our own loop, which keeps the padding out of
-  their state;
+  RecurrentGemma, Mamba2 and the mamba_ssm checkpoints (MixerLM) are padded only in our own
+  loop, which keeps the padding out of their state;
 - only the last position's logits are computed on prefill (`logits_to_keep=1`);
 - attention models decode from a KV cache with reserved room (no copy per token); on the CPU
   they batch continuously, each prompt prefilled alone (reusing the cache of a long prefix it
@@ -42,8 +42,8 @@ RECURRENT_FAMILIES = {"mamba", "mamba2", "rwkv", "rwkv6", "bamba", "zamba2", "fa
 # the attention mask; the test shows the logits move). The loop pads only PADDED_IN_LOOP families,
 # keeping the padding out of their state; for Mamba2 that rests on transformers' mask, which zeroes
 # padding before the input projection, so it is exact only without a bias there (`use_bias`). The
-# others (transformers' RWKV and the RWKV-6 code ignore the mask; our MixerLM takes none) are
-# batched only with prompts of the same length.
+# others (transformers' RWKV and the RWKV-6 code ignore the mask; mamba_ssm's own model on a GPU,
+# `takes_padding` False) are batched only with prompts of the same length.
 DEFAULT_CHUNK = 2048
 
 
@@ -85,7 +85,8 @@ class HFModel:
         self.max_context, self.train_context = max_context, train_context
         self._shrinks = family in SHRINKABLE
         self._in_loop = family in STATEFUL_FAMILIES
-        self._loop_pads = family in PADDED_IN_LOOP and not getattr(model.config, "use_bias", False)
+        self._loop_pads = (family in PADDED_IN_LOOP and getattr(model, "takes_padding", True)
+                           and not getattr(getattr(model, "config", None), "use_bias", False))
         if prefill_chunk is not None and prefill_chunk != -1 and (not isinstance(prefill_chunk, int) or prefill_chunk < 0):
             raise UsageError(f"prefill_chunk must be a number of tokens (0: one pass; -1: the family's default), "
                              f"not {prefill_chunk!r}")

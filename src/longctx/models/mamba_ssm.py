@@ -143,6 +143,8 @@ class _KernelStepper:
     """Adapts mamba_ssm's MambaLMHeadModel to MixerLM's `step(ids, state)`. mamba_ssm decodes one
     token at a time after a one-pass prefill, so its prompt is not chunked."""
 
+    takes_padding = False  # mamba_ssm's own model gets no mask: prompts are batched with equal lengths only
+
     def __init__(self, model):
         self.model = model
 

@@ -9,7 +9,9 @@ convolution over q/k/v, partial non-interleaved rotary and GQA; `Mamba2Mixer` co
 state-space dual (SSD) in chunks, checked against the plain recurrence (`ssd_reference`).
 
 Every module is stateful for generation: `MixerLM.step(ids, state)` continues from `state`, so a
-prompt can be prefilled in chunks (flat memory) and decoded one token at a time.
+prompt can be prefilled in chunks (flat memory) and decoded one token at a time. `step` also takes
+left-padded rows (`pads`): padding is zeroed before every convolution and scan, and no real
+position attends to it, so each row computes what it computes alone.
 """
 
 from __future__ import annotations
@@ -152,14 +154,21 @@ class Mamba2Mixer(nn.Module):
         ssm = torch.zeros(batch, self.nheads, self.headdim, self.d_state, device=device, dtype=torch.float32)
         return conv, ssm
 
-    def forward(self, u, state, scan=None):
+    def forward(self, u, state, scan=None, rows=None):
+        """`rows` (left-padded rows, or None): padding is zeroed before the convolution, so a real
+        position's window sees zeros there as it would alone, and before the scan, so the state
+        stays zero until a row's first real position."""
         bsz, length, _ = u.shape
         zxbcdt = self.in_proj(u)
         d_mlp = (zxbcdt.shape[-1] - 2 * self.d_ssm - 2 * self.ngroups * self.d_state - self.nheads) // 2
         z0, x0, z, xbc, dt = zxbcdt.split([d_mlp, d_mlp, self.d_ssm, self.d_ssm + 2 * self.ngroups * self.d_state,
                                            self.nheads], dim=-1)
+        if rows is not None:
+            xbc = xbc.masked_fill(~rows.real[..., None], 0)
         xbc, conv_state = _causal_conv(xbc, self.conv1d, state[0])
         x, b, c = F.silu(xbc).split([self.d_ssm, self.ngroups * self.d_state, self.ngroups * self.d_state], dim=-1)
+        if rows is not None:
+            x = x.masked_fill(~rows.real[..., None], 0)  # the state takes in dt * b * x: nothing at padding
         dt = F.softplus((dt + self.dt_bias).float()).clamp(*self.dt_limit)
         a = -torch.exp(self.A_log.float())
         per_group = self.nheads // self.ngroups
@@ -213,7 +222,9 @@ class MHA(nn.Module):
         kv = torch.zeros(batch, 0, 2, self.hkv, self.d, device=device, dtype=dtype)
         return conv, kv
 
-    def forward(self, x, state):
+    def forward(self, x, state, rows=None):
+        """`rows` (left-padded rows, or None): padding is zeroed before the convolution, and no real
+        position attends to padding."""
         bsz, length, _ = x.shape
         conv, kv_cache = state
         qkv = self.in_proj(x)
@@ -222,17 +233,27 @@ class MHA(nn.Module):
             up, gate = mlp.chunk(2, dim=-1)
             mlp = up * F.silu(gate)
         if conv is not None:
+            if rows is not None:
+                qkv = qkv.masked_fill(~rows.real[..., None], 0)
             qkv, conv = _causal_conv(qkv, self.conv1d, conv)
         q, kv = qkv.split([self.h * self.d, 2 * self.hkv * self.d], dim=-1)
         q, kv = q.view(bsz, length, self.h, self.d), kv.view(bsz, length, 2, self.hkv, self.d)
         past = kv_cache.shape[1]
-        if self.rot:
+        if self.rot:  # (relative: a row's padding shifts all its positions alike, which changes no score)
             pos = torch.arange(past, past + length, device=x.device)
             q = _rotate(q, pos, self.rot, self.base)
             kv = torch.stack([_rotate(kv[:, :, 0], pos, self.rot, self.base), kv[:, :, 1]], dim=2)
         kv_cache = torch.cat([kv_cache, kv], dim=1)
         k, v = (kv_cache[:, :, i].repeat_interleave(self.h // self.hkv, dim=2).transpose(1, 2) for i in (0, 1))
         allowed = torch.ones(length, past + length, dtype=torch.bool, device=x.device).tril(past)
+        if rows is not None:
+            # Keys of padding are out. A query of padding keeps its own key: torch's SDPA gives zeros
+            # for a row with none on the CPU, but a kernel that gave NaN there would put NaN into
+            # real rows' sums (NaN times a zero weight is NaN).
+            columns = torch.arange(past + length, device=x.device)
+            allowed = (allowed & (columns >= rows.pads[:, None, None])) | (columns == past + torch.arange(
+                length, device=x.device)[:, None])
+            allowed = allowed[:, None]  # [B, 1, L, past + L]
         out = F.scaled_dot_product_attention(q.transpose(1, 2), k, v, attn_mask=allowed, scale=self.scale)
         out = out.transpose(1, 2).reshape(bsz, length, self.h * self.d)
         if self.mlp_dim:
@@ -272,12 +293,12 @@ class Block(nn.Module):
             self.mlp = GatedMLP(cfg.d_model, cfg.d_intermediate)
         self.residual_in_fp32 = cfg.residual_in_fp32
 
-    def forward(self, h, residual, state):
+    def forward(self, h, residual, state, rows=None):
         residual = h if residual is None else h + residual
         h = self.norm(residual.to(self.norm.weight.dtype))
         if self.residual_in_fp32:
             residual = residual.float()
-        h, state = self.mixer(h, state)
+        h, state = self.mixer(h, state, rows=rows)
         if hasattr(self, "mlp"):
             residual = h + residual
             h = self.mlp(self.norm2(residual.to(self.norm2.weight.dtype)))
@@ -293,6 +314,8 @@ class Backbone(nn.Module):
 
 
 class MixerLM(nn.Module):
+    takes_padding = True  # `step` keeps left padding out of every row (stateful.PADDED_IN_LOOP)
+
     def __init__(self, cfg: MixerConfig):
         super().__init__()
         self.config = cfg
@@ -305,10 +328,10 @@ class MixerLM(nn.Module):
         p = self.lm_head.weight
         return [layer.mixer.empty_state(batch, p.device, p.dtype) for layer in self.backbone.layers]
 
-    def hidden(self, ids, state):
+    def hidden(self, ids, state, rows=None):
         h, residual, new_state = self.backbone.embedding(ids), None, []
         for layer, s in zip(self.backbone.layers, state):
-            h, residual, s = layer(h, residual, s)
+            h, residual, s = layer(h, residual, s, rows=rows)
             new_state.append(s)
         residual = h + residual
         return self.backbone.norm_f(residual.to(self.backbone.norm_f.weight.dtype)), new_state
@@ -318,7 +341,29 @@ class MixerLM(nn.Module):
         h, _ = self.hidden(ids, self.empty_state(ids.shape[0]))
         return self.lm_head(h)
 
-    def step(self, ids, state=None):
-        """Continue from `state` over ids [B, L]; returns the last position's logits and the new state."""
-        h, state = self.hidden(ids, state if state is not None else self.empty_state(ids.shape[0]))
-        return self.lm_head(h[:, -1]), state
+    def step(self, ids, state=None, pads=None):
+        """Continue from `state` over ids [B, L]; returns the last position's logits and the new
+        state. `pads` (first call only): each row's left padding, kept out of every row."""
+        if state is None:
+            state = StepState(self.empty_state(ids.shape[0]), 0, None if pads is None else pads.to(ids.device))
+        rows = None
+        if state.pads is not None:
+            columns = torch.arange(state.seen, state.seen + ids.shape[1], device=ids.device)
+            rows = Rows(state.pads, columns[None] >= state.pads[:, None])
+        h, layers = self.hidden(ids, state.layers, rows)
+        return self.lm_head(h[:, -1]), StepState(layers, state.seen + ids.shape[1], state.pads)
+
+
+@dataclass
+class StepState:
+    """What `MixerLM.step` carries: each layer's state, the columns seen, the rows' left padding."""
+    layers: list
+    seen: int
+    pads: Any = None  # [B] long tensor, or None
+
+
+@dataclass
+class Rows:
+    """Left-padded rows during one call: each row's padding, and which of the call's columns are real."""
+    pads: Any  # [B]
+    real: Any  # [B, L] bool

@@ -5,9 +5,9 @@ for our own `MixerLM` (mamba_ssm checkpoints).
 
 Feeding the prompt in chunks of `chunk` tokens and carrying the recurrent state between them
 gives the same logits as one pass (checked in the tests) while the activations, and so the
-peak memory, stay those of one chunk whatever the prompt length. Mamba2 and RecurrentGemma
-prompts of different lengths share a batch, left-padded, without the padding reaching their
-state (PADDED_IN_LOOP); the others are batched only with prompts of the same length.
+peak memory, stay those of one chunk whatever the prompt length. Mamba2, RecurrentGemma and
+MixerLM prompts of different lengths share a batch, left-padded, without the padding reaching
+their state (PADDED_IN_LOOP); the others are batched only with prompts of the same length.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import functools
 STATE_LIST_FAMILIES = {"rwkv", "rwkv6"}
 STATEFUL_FAMILIES = {"mamba2", "mamba_ssm", "recurrent_gemma"} | STATE_LIST_FAMILIES  # mamba_ssm: our MixerLM
 # Families this loop may left-pad: it keeps the padding out of what would take it in.
-PADDED_IN_LOOP = {"recurrent_gemma", "mamba2"}
+PADDED_IN_LOOP = {"recurrent_gemma", "mamba2", "mamba_ssm"}
 
 
 def _step(model, family: str, ids, state, pads=None):
@@ -31,9 +31,9 @@ def _step(model, family: str, ids, state, pads=None):
         return _recurrent_gemma_step(model, ids, state, pads)
     if family == "mamba2":
         return _mamba2_step(model, ids, state, pads)
+    if family == "mamba_ssm":  # our MixerLM pads; mamba_ssm's own model (hf.py: takes_padding) does not
+        return model.step(ids, state) if pads is None else model.step(ids, state, pads)
     assert pads is None, f"{family} cannot be padded"
-    if family == "mamba_ssm":
-        return model.step(ids, state)
     keep = {"logits_to_keep": 1} if takes_logits_to_keep(model) else {}
     out = model(input_ids=ids, state=state, use_cache=True, **keep)
     return out.logits[:, -1], out.state
