@@ -87,7 +87,7 @@ class HFModel:
         self._in_loop = family in STATEFUL_FAMILIES
         self._loop_pads = (family in PADDED_IN_LOOP and getattr(model, "takes_padding", True)
                            and not getattr(getattr(model, "config", None), "use_bias", False))
-        if prefill_chunk is not None and prefill_chunk != -1 and (not isinstance(prefill_chunk, int) or prefill_chunk < 0):
+        if prefill_chunk is not None and prefill_chunk < -1:  # (its type: models.check_options)
             raise UsageError(f"prefill_chunk must be a number of tokens (0: one pass; -1: the family's default), "
                              f"not {prefill_chunk!r}")
         if prefill_chunk == -1:  # auto

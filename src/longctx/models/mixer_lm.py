@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .stateful import real_columns
+
 
 @dataclass(frozen=True)
 class MixerConfig:
@@ -348,8 +350,7 @@ class MixerLM(nn.Module):
             state = StepState(self.empty_state(ids.shape[0]), 0, None if pads is None else pads.to(ids.device))
         rows = None
         if state.pads is not None:
-            columns = torch.arange(state.seen, state.seen + ids.shape[1], device=ids.device)
-            rows = Rows(state.pads, columns[None] >= state.pads[:, None])
+            rows = Rows(state.pads, real_columns(state.pads, state.seen, state.seen + ids.shape[1]))
         h, layers = self.hidden(ids, state.layers, rows)
         return self.lm_head(h[:, -1]), StepState(layers, state.seen + ids.shape[1], state.pads)
 

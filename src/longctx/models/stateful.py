@@ -39,20 +39,27 @@ def _step(model, family: str, ids, state, pads=None):
     return out.logits[:, -1], out.state
 
 
+def real_columns(pads, start: int, stop: int):
+    """Which of the columns [start, stop) of left-padded rows hold real tokens, not padding:
+    [B, stop - start] bool, from each row's padding `pads` [B] (on the rows' device)."""
+    import torch
+
+    return torch.arange(start, stop, device=pads.device) >= pads[:, None]
+
+
 def _mamba2_step(model, ids, state, pads):
     """transformers' Mamba2 zeroes padding before its convolution and its scan when it gets the
     attention mask, in a chunk that continues its cache too; `state` is that cache, the columns
     seen and the rows' left padding (None: none). A one-token call takes no mask (transformers:
     a decoded token is never padding), so a row for which that column is padding (one-token
     prefill chunks only) gets its zero states back after it."""
-    import torch
     from transformers import DynamicCache
 
     if state is None:
-        state = (DynamicCache(config=model.config), 0, pads)
+        state = (DynamicCache(config=model.config), 0, None if pads is None else pads.to(ids.device))
     cache, seen, pads = state
     n = ids.shape[1]
-    mask = None if pads is None else (torch.arange(seen + n, device=ids.device) >= pads[:, None].to(ids.device)).long()
+    mask = None if pads is None else real_columns(pads, 0, seen + n).long()
     out = model(input_ids=ids, cache_params=cache, attention_mask=mask, use_cache=True, logits_to_keep=1)
     if pads is not None and n == 1 and bool((padding := pads > seen).any()):
         for i in range(len(cache.layers)):
@@ -80,7 +87,7 @@ def _recurrent_gemma_step(model, ids, state, pads):
     n = ids.shape[1]
     positions = torch.arange(seen, seen + n, device=ids.device) - pads[:, None]
     positions = positions.masked_fill(positions < 0, 1)  # padding: anywhere but 0 (as `generate` does)
-    mask = (torch.arange(seen + n, device=ids.device) >= pads[:, None]).long()
+    mask = real_columns(pads, 0, seen + n).long()
     with _convolution_fixed(model, seen, n, pads):
         out = model(input_ids=ids, position_ids=positions, attention_mask=mask, past_key_values=cache,
                     use_cache=True, logits_to_keep=1)
@@ -119,8 +126,7 @@ def _convolution_fixed(model, seen: int, n: int, pads):
         def fixed(x, conv=conv, carry=carry, block=block, inner=conv.forward):
             joined = x if carry is None else torch.cat([carry, x], dim=-1)
             behind = joined.shape[-1] - x.shape[-1]
-            real = torch.arange(seen - behind, seen + x.shape[-1], device=x.device) >= pads[:, None]
-            joined = joined.masked_fill(~real[:, None, :], 0)
+            joined = joined.masked_fill(~real_columns(pads, seen - behind, seen + x.shape[-1])[:, None, :], 0)
             # The block sets conv1d_state from this call's columns as they came, before it calls this.
             width = conv.kernel_size[0] - 1
             block.conv1d_state = torch.nn.functional.pad(joined, (max(0, width - joined.shape[-1]), 0))[..., -width:]
