@@ -3,13 +3,14 @@ count tokens exactly, and generate with batching and chunked prefill exactly wha
 one-prompt-at-a-time, uncached `generate` produces."""
 
 import json
+import sys
 
 import pytest
 import torch
 
 from longctx.errors import UsageError
 from longctx.models import GenParams, load_model
-from longctx.models.stateful import PADDED_IN_LOOP
+from longctx.models.stateful import PADDED_IN_LOOP, STATEFUL_FAMILIES
 from tiny_models import FAMILIES, make_checkpoint
 
 PROMPTS = ["The grass is green. The sky is blue. " * 9 + "The special magic number is 1234.",
@@ -68,7 +69,7 @@ def test_recurrent_families_prefill_in_chunks_by_default(checkpoints):
     assert load_model("hf", path=str(checkpoints["recurrent_gemma"])).prefill_chunk == 2048
 
 
-@pytest.mark.parametrize("family", ["mamba2", "rwkv", "recurrent_gemma"])
+@pytest.mark.parametrize("family", ["mamba", "mamba2", "rwkv", "recurrent_gemma"])
 @pytest.mark.parametrize("chunk", [16, 7, 2, 49, 80, 1])
 def test_chunked_prefill_gives_one_pass_logits(family, chunk, checkpoints):
     """stateful.py's loop over prompt chunks, carrying the recurrent state (and RecurrentGemma's
@@ -77,7 +78,8 @@ def test_chunked_prefill_gives_one_pass_logits(family, chunk, checkpoints):
     chunks of 49 leave a last chunk of 2, shorter than RecurrentGemma's convolution; chunks of 2
     never reach back past one chunk; chunks of 80 are longer than the window; chunks of 1 start
     the prompt with a one-token call, which must not read what an earlier prompt left behind
-    (RecurrentGemma keeps its states on its modules: one runs first here)."""
+    (RecurrentGemma keeps its states on its modules: one runs first here). Mamba (v1) scans on
+    from the carried state (scan_carry.py)."""
     from longctx.models.stateful import _step
 
     model = load_model("hf", path=str(checkpoints[family])).model
@@ -110,31 +112,101 @@ def test_recurrent_gemma_padding_leaks_in_transformers(checkpoints, bpe):
     assert (leaked - alone).abs().max() > 1e-2
 
 
-def test_mamba2_with_an_input_bias_is_never_padded(checkpoints, tmp_path, bpe):
-    """transformers' Mamba2 zeroes padding before its input projection, whose bias (`use_bias`)
-    then reaches the convolution over a row's first tokens: such a model is batched only with
-    prompts of its length."""
+@pytest.mark.parametrize("family", [f for f in FAMILIES if f not in STATEFUL_FAMILIES])
+def test_left_padding_leaves_the_logits_of_the_families_generate_pads(family, checkpoints, bpe):
+    """The families that go through transformers' `generate` with left padding (all but the
+    stateful loop's): the attention mask keeps the padding out of a row, so its logits are the
+    prompt's alone, for a whole prompt and for a decode step after it."""
+    net = load_model("hf", path=str(checkpoints[family])).model
+    short, long = bpe.encode(PROMPTS[1]), bpe.encode(PROMPTS[0])
+    pad = len(long) - len(short)
+    mask = torch.tensor([[1] * len(long), [0] * pad + [1] * len(short)])
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)  # as `generate` numbers a left-padded row
+    with torch.no_grad():
+        padded = net(input_ids=torch.tensor([long, [2] * pad + short]), attention_mask=mask,
+                     position_ids=positions, use_cache=True)
+        alone = net(input_ids=torch.tensor([short]), use_cache=True)
+        step = dict(input_ids=torch.tensor([[5]]), use_cache=True)
+        padded_step = net(**{**step, "input_ids": torch.tensor([[5], [5]])}, past_key_values=padded.past_key_values,
+                          attention_mask=torch.cat([mask, torch.ones(2, 1, dtype=mask.dtype)], 1),
+                          position_ids=positions[:, -1:] + 1)
+        alone_step = net(**step, past_key_values=alone.past_key_values, position_ids=torch.tensor([[len(short)]]))
+    torch.testing.assert_close(padded.logits[1, pad:], alone.logits[0], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(padded_step.logits[1], alone_step.logits[0], atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("family, flag", [("mamba", "use_bias"), ("mamba2", "use_bias"), ("bamba", "mamba_proj_bias"),
+                                          ("jamba", "mamba_proj_bias")])
+def test_a_model_with_a_bias_before_its_convolution_is_never_padded(family, flag, checkpoints, tmp_path, bpe):
+    """transformers' Mamba mixers zero padding before their input projection, whose bias (Mamba's
+    and Mamba2's `use_bias`, the hybrids' `mamba_proj_bias`) then reaches the convolution over a
+    row's first tokens: such a model is batched only with prompts of its length, in the stateful
+    loop (Mamba, Mamba2) and in `generate` (the hybrids)."""
     import shutil
 
     folder = tmp_path / "biased"
-    shutil.copytree(checkpoints["mamba2"], folder)
+    shutil.copytree(checkpoints[family], folder)
     cfg = json.loads((folder / "config.json").read_text())
-    (folder / "config.json").write_text(json.dumps({**cfg, "use_bias": True}))
+    (folder / "config.json").write_text(json.dumps({**cfg, flag: True}))
     model = load_model("hf", path=str(folder), batch_size=4)
     net = model.model
+    projections = [m.in_proj for m in net.modules() if hasattr(m, "conv1d") and hasattr(m, "in_proj")]
+    assert projections and all(p.bias is not None for p in projections)
     with torch.no_grad():
-        for layer in net.backbone.layers:
-            layer.mixer.in_proj.bias.normal_(0, 0.5)
+        for p in projections:
+            p.bias.normal_(0, 0.5)
         short, long = bpe.encode(PROMPTS[1]), bpe.encode(PROMPTS[0])
         pad = len(long) - len(short)
-        leaked = net(input_ids=torch.tensor([long, [2] * pad + short]),
-                     attention_mask=torch.tensor([[1] * len(long), [0] * pad + [1] * len(short)])).logits[1, -1]
+        mask = torch.tensor([[1] * len(long), [0] * pad + [1] * len(short)])
+        leaked = net(input_ids=torch.tensor([long, [2] * pad + short]), attention_mask=mask,
+                     position_ids=(mask.cumsum(-1) - 1).clamp(min=0)).logits[1, -1]
         alone = net(input_ids=torch.tensor([short])).logits[0, -1]
     assert (leaked - alone).abs().max() > 1e-3
     encoded = [bpe.encode(p) for p in PROMPTS]
     assert all(len({len(encoded[i]) for i in b}) == 1 for b in model._batches(list(range(len(PROMPTS))), encoded))
     got = model.generate(PROMPTS, GenParams(max_new_tokens=6))
     assert [c.text for c in got] == [naive(net, bpe, p, 6) for p in PROMPTS]
+
+
+def test_mamba1_layers_scan_on_from_the_carried_state(checkpoints, monkeypatch, bpe):
+    """transformers' Mamba-1 mixers (Mamba, Jamba's Mamba layers) scan every multi-token call
+    from a zero state, so a prompt prefilled in chunks loses the state of the chunks before;
+    `scans_carry_state` continues the scan from the cache's state: chunks then give one pass's
+    logits. The backend's chunked `generate` (Jamba) runs under it."""
+    from transformers import DynamicCache
+
+    from longctx.models import scan_carry
+
+    for family, cache_arg in (("mamba", "cache_params"), ("jamba", "past_key_values")):
+        net = load_model("hf", path=str(checkpoints[family])).model
+        modules = {sys.modules[type(m).__module__] for m in scan_carry.carrying_mixers(net)}
+        own = {module: getattr(module, scan_carry.SCAN) for module in modules}
+        ids = torch.randint(5, net.config.vocab_size, (2, 60), generator=torch.Generator().manual_seed(4))
+        with torch.no_grad():
+            whole = net(input_ids=ids).logits[:, -1]
+            last = {}
+            for carry in (False, True):
+                cache = DynamicCache(config=net.config)
+                with scan_carry.scans_carry_state(net) if carry else torch.no_grad():
+                    for start in range(0, 60, 16):
+                        last[carry] = net(input_ids=ids[:, start:start + 16], use_cache=True,
+                                          **{cache_arg: cache}).logits[:, -1]
+        assert len(modules) == 1
+        assert (last[False] - whole).abs().max() > 1e-4, family  # what transformers alone gives
+        torch.testing.assert_close(last[True], whole, atol=1e-5, rtol=1e-5)
+        assert all(getattr(module, scan_carry.SCAN) is scan for module, scan in own.items())  # restored
+
+    jamba = load_model("hf", path=str(checkpoints["jamba"]), prefill_chunk=16)
+    original, calls = scan_carry._scan_from, []
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(scan_carry, "_scan_from", counted)
+    assert [c.text for c in jamba.generate([PROMPTS[0]], GenParams(max_new_tokens=4))] == [
+        naive(jamba.model, bpe, PROMPTS[0], 4)]
+    assert calls  # the chunks after the first scanned on from the carried state
 
 
 @pytest.mark.parametrize("family", sorted(PADDED_IN_LOOP - {"mamba_ssm"}))  # MixerLM: test_mamba_ssm.py

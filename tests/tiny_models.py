@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-FAMILIES = ["llama", "gemma3_text", "gemma2", "mamba2", "bamba", "zamba2", "falcon_h1", "nemotron_h",
-            "recurrent_gemma", "rwkv"]
+FAMILIES = ["llama", "gemma3_text", "gemma2", "mamba", "mamba2", "bamba", "zamba2", "falcon_h1", "nemotron_h",
+            "jamba", "granitemoehybrid", "recurrent_gemma", "rwkv"]
 # Sliding-window attention (Gemma 3: local layers and a global one; Gemma 2: also soft-capped
 # scores) with a window far shorter than the test prompts, so the window changes the answers.
 WINDOW = 8
@@ -27,6 +27,8 @@ def tiny_config(family: str, vocab: int):
     if family == "gemma2":
         return T.Gemma2Config(num_hidden_layers=2, sliding_window=WINDOW, head_dim=16, query_pre_attn_scalar=16,
                               max_position_embeddings=4096, **attn, **common)
+    if family == "mamba":  # Mamba-1 (state-spaces/mamba-*-hf)
+        return T.MambaConfig(num_hidden_layers=2, state_size=16, expand=2, **common)
     if family == "mamba2":
         return T.Mamba2Config(num_hidden_layers=2, num_heads=8, head_dim=16, state_size=16, n_groups=1,
                               expand=2, chunk_size=32, **common)
@@ -41,6 +43,14 @@ def tiny_config(family: str, vocab: int):
     if family == "nemotron_h":
         return T.NemotronHConfig(num_hidden_layers=3, mamba_num_heads=8, mamba_head_dim=16, ssm_state_size=16,
                                  n_groups=1, chunk_size=32, hybrid_override_pattern="M*-", **attn, **common)
+    if family == "jamba":  # Mamba-1 layers, attention every second layer, a mixture of experts
+        return T.JambaConfig(num_hidden_layers=2, attn_layer_period=2, attn_layer_offset=1, expert_layer_period=2,
+                             expert_layer_offset=1, num_experts=2, num_experts_per_tok=1, mamba_d_state=16,
+                             use_mamba_kernels=False, max_position_embeddings=4096, **attn, **common)
+    if family == "granitemoehybrid":  # Mamba-2 layers and attention, mixtures of experts
+        return T.GraniteMoeHybridConfig(num_hidden_layers=2, layer_types=["mamba", "attention"], num_local_experts=2,
+                                        num_experts_per_tok=1, shared_intermediate_size=128,
+                                        max_position_embeddings=4096, **attn, **ssm, **common)
     if family == "recurrent_gemma":
         return T.RecurrentGemmaConfig(num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=1,
                                       intermediate_size=128, lru_width=64, attention_window_size=64,

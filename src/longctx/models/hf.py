@@ -2,9 +2,9 @@
 
 Speed and memory care, all checked against transformers' own `generate` in the tests:
 - prompts are sorted by token count and batched, so left padding stays within a few tokens;
-  families whose state is corrupted by padding (RWKV) are batched only with equal lengths, and
-  RecurrentGemma, Mamba2 and the mamba_ssm checkpoints (MixerLM) are padded only in our own
-  loop, which keeps the padding out of their state;
+  families whose state is corrupted by padding (RWKV, a bias before a Mamba convolution) are
+  batched only with equal lengths, and RecurrentGemma, Mamba, Mamba2 and the mamba_ssm
+  checkpoints (MixerLM) are padded only in our own loop, which keeps the padding out of their state;
 - only the last position's logits are computed on prefill (`logits_to_keep=1`);
 - attention models decode from a KV cache with reserved room (no copy per token); on the CPU
   they batch continuously, each prompt prefilled alone (reusing the cache of a long prefix it
@@ -14,11 +14,13 @@ Speed and memory care, all checked against transformers' own `generate` in the t
   the batch (`greedy_shrinking`);
 - recurrent and hybrid models prefill in chunks, so peak memory does not grow with the prompt:
   transformers' own `prefill_chunk_size` for the hybrids it supports, and `stateful.py`'s
-  loop for Mamba2, RWKV and RecurrentGemma, whose caches transformers cannot chunk.
+  loop for Mamba, Mamba2, RWKV and RecurrentGemma, whose caches transformers cannot chunk;
+  Mamba-1 layers (Mamba, Jamba) scan on from the carried state (`scan_carry.py`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -28,6 +30,7 @@ from ..errors import UsageError
 from ..tokenizer import Tokenizer, _file_sha256, default_cache_dir, load_tokenizer
 from .base import Completion, GenParams, cut_at_stop, triage
 from .continuous import greedy_continuous
+from .scan_carry import scans_carry_state
 from .stateful import PADDED_IN_LOOP, STATEFUL_FAMILIES, greedy_shrinking, greedy_stateful, takes_logits_to_keep
 
 # Pure attention decoders whose KV cache can drop finished rows mid-batch (tested per family).
@@ -40,10 +43,10 @@ RECURRENT_FAMILIES = {"mamba", "mamba2", "rwkv", "rwkv6", "bamba", "zamba2", "fa
 # Every prompt of a STATEFUL_FAMILIES model runs through stateful.py's loop: transformers cannot
 # chunk their prefill, and `generate` lets padding into RecurrentGemma (its convolution ignores
 # the attention mask; the test shows the logits move). The loop pads only PADDED_IN_LOOP families,
-# keeping the padding out of their state; for Mamba2 that rests on transformers' mask, which zeroes
-# padding before the input projection, so it is exact only without a bias there (`use_bias`). The
-# others (transformers' RWKV and the RWKV-6 code ignore the mask; mamba_ssm's own model on a GPU,
-# `takes_padding` False) are batched only with prompts of the same length.
+# keeping the padding out of their state. The others (transformers' RWKV and the RWKV-6 code
+# ignore the mask; mamba_ssm's own model on a GPU, `takes_padding` False) are batched only with
+# prompts of the same length, and so is any model with a bias before a Mamba convolution
+# (`_input_bias_reaches_convolution`), in the loop or not.
 DEFAULT_CHUNK = 2048
 
 
@@ -84,9 +87,12 @@ class HFModel:
             raise UsageError(f"chat_template requested but {name}'s tokenizer has none")
         self.max_context, self.train_context = max_context, train_context
         self._shrinks = family in SHRINKABLE
+        leaks = _input_bias_reaches_convolution(model)
         self._in_loop = family in STATEFUL_FAMILIES
-        self._loop_pads = (family in PADDED_IN_LOOP and getattr(model, "takes_padding", True)
-                           and not getattr(getattr(model, "config", None), "use_bias", False))
+        self._loop_pads = (self._in_loop and family in PADDED_IN_LOOP and getattr(model, "takes_padding", True)
+                           and not leaks)
+        # Whether prompts of different lengths may share a batch, left-padded.
+        self._pads = self._loop_pads or not (self._in_loop or leaks)
         if prefill_chunk is not None and prefill_chunk < -1:  # (its type: models.check_options)
             raise UsageError(f"prefill_chunk must be a number of tokens (0: one pass; -1: the family's default), "
                              f"not {prefill_chunk!r}")
@@ -149,9 +155,9 @@ class HFModel:
         return 1 if self.family == "rwkv" else self.batch_size
 
     def _batches(self, todo: list[int], encoded: list[list[int]]) -> list[list[int]]:
-        """Sorted by length; prompts the stateful loop cannot pad are batched only with equal lengths."""
+        """Sorted by length; prompts that cannot be padded (`_pads`) are batched only with equal lengths."""
         order = sorted(todo, key=lambda i: len(encoded[i]))
-        unpadded = self._in_loop and not self._loop_pads
+        unpadded = not self._pads
         batches: list[list[int]] = []
         for i in order:
             last = batches[-1] if batches else None
@@ -182,10 +188,20 @@ class HFModel:
             from transformers import DynamicCache
 
             extra = {"prefill_chunk_size": self.prefill_chunk, "past_key_values": DynamicCache(config=self.model.config)}
-        out = self.model.generate(ids, attention_mask=mask, max_new_tokens=max_new, do_sample=False,
-                                  num_beams=1, pad_token_id=self.pad_id, eos_token_id=sorted(self.eos_ids),
-                                  top_k=None, top_p=None, temperature=None, **extra)[:, width:]
+        with scans_carry_state(self.model) if chunked else contextlib.nullcontext():  # Jamba's Mamba layers
+            out = self.model.generate(ids, attention_mask=mask, max_new_tokens=max_new, do_sample=False,
+                                      num_beams=1, pad_token_id=self.pad_id, eos_token_id=sorted(self.eos_ids),
+                                      top_k=None, top_p=None, temperature=None, **extra)[:, width:]
         return [_until_eos(row.tolist(), self.eos_ids) for row in out]
+
+
+def _input_bias_reaches_convolution(model) -> bool:
+    """Whether a transformers Mamba or Mamba2 mixer of `model` has a bias on its input projection.
+    transformers zeroes padding before that projection, so every padded position then feeds the
+    bias to the causal convolution, which carries it into the row's first real tokens (a test
+    shows the logits move). Our own MixerLM zeroes padding after it."""
+    return any(type(m).__module__.startswith("transformers.") and hasattr(m, "conv1d")
+               and getattr(getattr(m, "in_proj", None), "bias", None) is not None for m in model.modules())
 
 
 @contextmanager

@@ -1,12 +1,12 @@
 """Greedy decoding with chunked prefill for the transformers families whose cache `generate`
-cannot prefill in chunks (Mamba2 keeps `cache_params`, RWKV a `state` list, RecurrentGemma its
-states on its modules), for the RWKV-6 checkpoints' own code (the same `state` interface), and
-for our own `MixerLM` (mamba_ssm checkpoints).
+cannot prefill in chunks (Mamba and Mamba2 keep `cache_params`, RWKV a `state` list,
+RecurrentGemma its states on its modules), for the RWKV-6 checkpoints' own code (the same
+`state` interface), and for our own `MixerLM` (mamba_ssm checkpoints).
 
 Feeding the prompt in chunks of `chunk` tokens and carrying the recurrent state between them
 gives the same logits as one pass (checked in the tests) while the activations, and so the
-peak memory, stay those of one chunk whatever the prompt length. Mamba2, RecurrentGemma and
-MixerLM prompts of different lengths share a batch, left-padded, without the padding reaching
+peak memory, stay those of one chunk whatever the prompt length. Mamba, Mamba2, RecurrentGemma
+and MixerLM prompts of different lengths share a batch, left-padded, without the padding reaching
 their state (PADDED_IN_LOOP); the others are batched only with prompts of the same length.
 """
 
@@ -19,9 +19,9 @@ import functools
 # the model_type of the code that RWKV/rwkv-6-world-3b-v2.1 ships (trust_remote_code). That code's
 # forward has no logits_to_keep (hf.py feeds its head the last position only).
 STATE_LIST_FAMILIES = {"rwkv", "rwkv6"}
-STATEFUL_FAMILIES = {"mamba2", "mamba_ssm", "recurrent_gemma"} | STATE_LIST_FAMILIES  # mamba_ssm: our MixerLM
+STATEFUL_FAMILIES = {"mamba", "mamba2", "mamba_ssm", "recurrent_gemma"} | STATE_LIST_FAMILIES  # mamba_ssm: MixerLM
 # Families this loop may left-pad: it keeps the padding out of what would take it in.
-PADDED_IN_LOOP = {"recurrent_gemma", "mamba2", "mamba_ssm"}
+PADDED_IN_LOOP = {"recurrent_gemma", "mamba", "mamba2", "mamba_ssm"}
 
 
 def _step(model, family: str, ids, state, pads=None):
@@ -29,8 +29,8 @@ def _step(model, family: str, ids, state, pads=None):
     `pads` (a PADDED_IN_LOOP family's first call only): each row's left padding."""
     if family == "recurrent_gemma":
         return _recurrent_gemma_step(model, ids, state, pads)
-    if family == "mamba2":
-        return _mamba2_step(model, ids, state, pads)
+    if family in ("mamba", "mamba2"):
+        return _mamba_step(model, ids, state, pads)
     if family == "mamba_ssm":  # our MixerLM pads; mamba_ssm's own model (hf.py: takes_padding) does not
         return model.step(ids, state) if pads is None else model.step(ids, state, pads)
     assert pads is None, f"{family} cannot be padded"
@@ -47,20 +47,25 @@ def real_columns(pads, start: int, stop: int):
     return torch.arange(start, stop, device=pads.device) >= pads[:, None]
 
 
-def _mamba2_step(model, ids, state, pads):
-    """transformers' Mamba2 zeroes padding before its convolution and its scan when it gets the
-    attention mask, in a chunk that continues its cache too; `state` is that cache, the columns
-    seen and the rows' left padding (None: none). A one-token call takes no mask (transformers:
-    a decoded token is never padding), so a row for which that column is padding (one-token
-    prefill chunks only) gets its zero states back after it."""
+def _mamba_step(model, ids, state, pads):
+    """transformers' Mamba and Mamba2 zero padding before their convolution and their scan when
+    they get the attention mask, in a chunk that continues their cache too; `state` is that
+    cache, the columns seen and the rows' left padding (None: none). A one-token call gets no
+    mask (transformers: a decoded token is never padding), so a row for which that column is
+    padding (one-token prefill chunks only) gets its zero states back after it. Mamba (v1)
+    scans a continuing chunk from a zero state unless `scans_carry_state` is on."""
     from transformers import DynamicCache
+
+    from .scan_carry import scans_carry_state
 
     if state is None:
         state = (DynamicCache(config=model.config), 0, None if pads is None else pads.to(ids.device))
     cache, seen, pads = state
     n = ids.shape[1]
-    mask = None if pads is None else real_columns(pads, 0, seen + n).long()
-    out = model(input_ids=ids, cache_params=cache, attention_mask=mask, use_cache=True, logits_to_keep=1)
+    # This call's columns only (Mamba multiplies its input by the mask as given; Mamba2 trims it).
+    mask = None if pads is None or n == 1 else real_columns(pads, seen, seen + n).long()
+    with scans_carry_state(model) if seen and n > 1 else contextlib.nullcontext():
+        out = model(input_ids=ids, cache_params=cache, attention_mask=mask, use_cache=True, logits_to_keep=1)
     if pads is not None and n == 1 and bool((padding := pads > seen).any()):
         for i in range(len(cache.layers)):
             for tensor in (cache.get_conv_state(i), cache.get_recurrent_state(i)):
