@@ -1,8 +1,8 @@
-"""Peak memory of recurrent models (Mamba2, RecurrentGemma) at 16K vs 2K prompt tokens (goal: about
-equal), through the hf backend's chunked prefill and without it, with a Llama of the same width
+"""Peak memory of recurrent models (Mamba2, RecurrentGemma, Mamba) at 16K vs 2K prompt tokens (goal:
+about equal), through the hf backend's chunked prefill and without it, with a Llama of the same width
 for contrast (its KV cache must grow).
 
-    python benchmarks/memory.py
+    python benchmarks/memory.py [--families mamba2,mamba]
 
 Each (model, length, chunking) runs in a fresh process; we report the growth of its peak RSS
 over the peak after loading, so interpreter and weights are not counted.
@@ -25,6 +25,8 @@ CONFIGS = {
     "recurrent_gemma": dict(cls="RecurrentGemmaConfig", num_hidden_layers=3, hidden_size=256, lru_width=256,
                             intermediate_size=512, num_attention_heads=4, num_key_value_heads=1,
                             attention_window_size=2048, block_types=["recurrent", "recurrent", "attention"]),
+    # Mamba (v1), at the same width: its scan materialises [channels, length, state] per layer.
+    "mamba": dict(cls="MambaConfig", num_hidden_layers=4, hidden_size=256, state_size=16, expand=2),
     "llama": dict(cls="LlamaConfig", num_hidden_layers=4, hidden_size=256, intermediate_size=512,
                   num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=32768),
 }
@@ -65,12 +67,16 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--child", nargs=4, metavar=("FAMILY", "LENGTH", "CHUNK", "FOLDER"))
     ap.add_argument("--lengths", default="2048,16384")
+    ap.add_argument("--families", default=",".join(CONFIGS), help=f"some of {', '.join(CONFIGS)}")
     args = ap.parse_args()
     if args.child:
         family, length, chunk, folder = args.child
         return child(family, int(length), int(chunk), folder)
     with tempfile.TemporaryDirectory() as tmp:
-        runs = [("mamba2", 2048), ("mamba2", 0), ("recurrent_gemma", 2048), ("recurrent_gemma", 0), ("llama", 0)]
+        families = args.families.split(",")
+        if unknown := set(families) - set(CONFIGS):
+            ap.error(f"unknown families {sorted(unknown)}; known: {', '.join(CONFIGS)}")
+        runs = [(f, chunk) for f in families for chunk in ((0,) if f == "llama" else (2048, 0))]
         for family, chunk in runs:
             folder = make(family, Path(tmp))
             for length in (int(x) for x in args.lengths.split(",")):
