@@ -70,7 +70,7 @@ def test_recurrent_families_prefill_in_chunks_by_default(checkpoints):
     assert load_model("hf", path=str(checkpoints["recurrent_gemma"])).prefill_chunk == 2048
 
 
-@pytest.mark.parametrize("family", ["mamba", "mamba2", "rwkv", "recurrent_gemma"])
+@pytest.mark.parametrize("family", ["mamba", "falcon_mamba", "mamba2", "rwkv", "recurrent_gemma"])
 @pytest.mark.parametrize("chunk", [16, 7, 2, 49, 80, 1])
 def test_chunked_prefill_gives_one_pass_logits(family, chunk, checkpoints):
     """stateful.py's loop over prompt chunks, carrying the recurrent state (and RecurrentGemma's
@@ -166,8 +166,8 @@ def test_left_padding_leaves_the_logits_of_the_families_generate_pads(family, ch
     torch.testing.assert_close(padded_step.logits[1], alone_step.logits[0], atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("family, flag", [("mamba", "use_bias"), ("mamba2", "use_bias"), ("bamba", "mamba_proj_bias"),
-                                          ("jamba", "mamba_proj_bias")])
+@pytest.mark.parametrize("family, flag", [("mamba", "use_bias"), ("falcon_mamba", "use_bias"), ("mamba2", "use_bias"),
+                                          ("bamba", "mamba_proj_bias"), ("jamba", "mamba_proj_bias")])
 def test_a_model_with_a_bias_before_its_convolution_is_never_padded(family, flag, checkpoints, tmp_path, bpe):
     """transformers' Mamba mixers zero padding before their input projection, whose bias (Mamba's
     and Mamba2's `use_bias`, the hybrids' `mamba_proj_bias`) then reaches the convolution over a
@@ -201,7 +201,7 @@ def test_a_model_with_a_bias_before_its_convolution_is_never_padded(family, flag
 
 
 def test_mamba1_layers_scan_on_from_the_carried_state(checkpoints):
-    """transformers' Mamba-1 mixers (Mamba, Jamba's Mamba layers) scan every multi-token call
+    """transformers' Mamba-1 mixers (Mamba, FalconMamba, Jamba's layers) scan every multi-token call
     from a zero state, so a prompt prefilled in chunks loses the state of the chunks before;
     `scans_carry_state` continues the scan from the cache's state: chunks then give one pass's
     logits. (The backend's chunked `generate` runs Jamba under it: the hybrids' test above.)"""
@@ -209,7 +209,7 @@ def test_mamba1_layers_scan_on_from_the_carried_state(checkpoints):
 
     from longctx.models import scan_carry
 
-    for family, cache_arg in (("mamba", "cache_params"), ("jamba", "past_key_values")):
+    for family, cache_arg in (("mamba", "cache_params"), ("falcon_mamba", "cache_params"), ("jamba", "past_key_values")):
         net = load_model("hf", path=str(checkpoints[family])).model
         modules = {sys.modules[type(m).__module__] for m in scan_carry.carrying_mixers(net)}
         own = {module: getattr(module, scan_carry.SCAN) for module in modules}

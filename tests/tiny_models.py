@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-FAMILIES = ["llama", "gemma3_text", "gemma2", "mamba", "mamba2", "bamba", "zamba2", "falcon_h1", "nemotron_h",
+FAMILIES = ["llama", "gemma3_text", "gemma2", "mamba", "falcon_mamba", "mamba2", "bamba", "zamba2", "falcon_h1", "nemotron_h",
             "jamba", "granitemoehybrid", "recurrent_gemma", "rwkv"]
 # Sliding-window attention (Gemma 3: local layers and a global one; Gemma 2: also soft-capped
 # scores) with a window far shorter than the test prompts, so the window changes the answers.
@@ -29,6 +29,8 @@ def tiny_config(family: str, vocab: int):
                               max_position_embeddings=4096, **attn, **common)
     if family == "mamba":  # Mamba-1 (state-spaces/mamba-*-hf)
         return T.MambaConfig(num_hidden_layers=2, state_size=16, expand=2, **common)
+    if family == "falcon_mamba":  # Mamba-1 with RMS-normalised dt, B and C (tiiuae/falcon-mamba-7b)
+        return T.FalconMambaConfig(num_hidden_layers=2, state_size=16, expand=2, **common)
     if family == "mamba2":
         return T.Mamba2Config(num_hidden_layers=2, num_heads=8, head_dim=16, state_size=16, n_groups=1,
                               expand=2, chunk_size=32, **common)

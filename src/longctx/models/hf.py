@@ -38,7 +38,7 @@ SHRINKABLE = {"llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_t
               "granite", "smollm3", "starcoder2"}
 
 # Families with a recurrent state: prefill in chunks by default.
-RECURRENT_FAMILIES = {"mamba", "mamba2", "rwkv", "rwkv6", "bamba", "zamba2", "falcon_h1", "nemotron_h",
+RECURRENT_FAMILIES = {"mamba", "falcon_mamba", "mamba2", "rwkv", "rwkv6", "bamba", "zamba2", "falcon_h1", "nemotron_h",
                       "recurrent_gemma", "jamba", "granitemoehybrid"}
 # Every prompt of a STATEFUL_FAMILIES model runs through stateful.py's loop: transformers cannot
 # chunk their prefill, and `generate` lets padding into RecurrentGemma (its convolution ignores

@@ -1,4 +1,4 @@
-"""Chunked prefill for transformers' Mamba-1 mixers (Mamba, and Jamba's Mamba layers).
+"""Chunked prefill for transformers' Mamba-1 mixers (Mamba, FalconMamba, and Jamba's Mamba layers).
 
 Their scan (`mamba_selective_scan`, module-level in each modelling file) takes no initial state:
 a multi-token call that continues a cache carries the convolution's last columns over, but

@@ -19,9 +19,11 @@ import functools
 # the model_type of the code that RWKV/rwkv-6-world-3b-v2.1 ships (trust_remote_code). That code's
 # forward has no logits_to_keep (hf.py feeds its head the last position only).
 STATE_LIST_FAMILIES = {"rwkv", "rwkv6"}
-STATEFUL_FAMILIES = {"mamba", "mamba2", "mamba_ssm", "recurrent_gemma"} | STATE_LIST_FAMILIES  # mamba_ssm: MixerLM
+# transformers' Mamba-style families with a `cache_params` cache (Mamba-1's layout: Mamba, FalconMamba).
+CACHE_PARAMS_FAMILIES = {"mamba", "falcon_mamba", "mamba2"}
+STATEFUL_FAMILIES = {"mamba_ssm", "recurrent_gemma"} | CACHE_PARAMS_FAMILIES | STATE_LIST_FAMILIES  # mamba_ssm: MixerLM
 # Families this loop may left-pad: it keeps the padding out of what would take it in.
-PADDED_IN_LOOP = {"recurrent_gemma", "mamba", "mamba2", "mamba_ssm"}
+PADDED_IN_LOOP = {"recurrent_gemma", "mamba_ssm"} | CACHE_PARAMS_FAMILIES
 
 
 def _step(model, family: str, ids, state, pads=None):
@@ -29,7 +31,7 @@ def _step(model, family: str, ids, state, pads=None):
     `pads` (a PADDED_IN_LOOP family's first call only): each row's left padding."""
     if family == "recurrent_gemma":
         return _recurrent_gemma_step(model, ids, state, pads)
-    if family in ("mamba", "mamba2"):
+    if family in CACHE_PARAMS_FAMILIES:
         return _mamba_step(model, ids, state, pads)
     if family == "mamba_ssm":  # our MixerLM pads; mamba_ssm's own model (hf.py: takes_padding) does not
         return model.step(ids, state) if pads is None else model.step(ids, state, pads)
@@ -48,12 +50,12 @@ def real_columns(pads, start: int, stop: int):
 
 
 def _mamba_step(model, ids, state, pads):
-    """transformers' Mamba and Mamba2 zero padding before their convolution and their scan when
-    they get the attention mask, in a chunk that continues their cache too; `state` is that
+    """transformers' Mamba, FalconMamba and Mamba2 zero padding before their convolution and their
+    scan when they get the attention mask, in a chunk that continues their cache too; `state` is that
     cache, the columns seen and the rows' left padding (None: none). A one-token call gets no
     mask (transformers: a decoded token is never padding), so a row for which that column is
-    padding (one-token prefill chunks only) gets its zero states back after it. Mamba (v1)
-    scans a continuing chunk from a zero state unless `scans_carry_state` is on."""
+    padding (one-token prefill chunks only) gets its zero states back after it. The Mamba-1
+    layouts scan a continuing chunk from a zero state unless `scans_carry_state` is on."""
     from transformers import DynamicCache
 
     from .scan_carry import scans_carry_state
