@@ -209,7 +209,8 @@ def test_mamba1_layers_scan_on_from_the_carried_state(checkpoints):
 
     from longctx.models import scan_carry
 
-    for family, cache_arg in (("mamba", "cache_params"), ("falcon_mamba", "cache_params"), ("jamba", "past_key_values")):
+    for family, cache_arg in (("mamba", "cache_params"), ("falcon_mamba", "cache_params"),
+                              ("jamba", "past_key_values")):
         net = load_model("hf", path=str(checkpoints[family])).model
         modules = {sys.modules[type(m).__module__] for m in scan_carry.carrying_mixers(net)}
         own = {module: getattr(module, scan_carry.SCAN) for module in modules}

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-FAMILIES = ["llama", "gemma3_text", "gemma2", "mamba", "falcon_mamba", "mamba2", "bamba", "zamba2", "falcon_h1", "nemotron_h",
-            "jamba", "granitemoehybrid", "recurrent_gemma", "rwkv"]
+FAMILIES = ["llama", "gemma3_text", "gemma2", "mamba", "falcon_mamba", "mamba2", "bamba", "zamba2", "falcon_h1",
+            "nemotron_h", "jamba", "granitemoehybrid", "qwen3_next", "qwen3_5_text", "olmo_hybrid", "lfm2",
+            "recurrent_gemma", "rwkv"]
 # Sliding-window attention (Gemma 3: local layers and a global one; Gemma 2: also soft-capped
 # scores) with a window far shorter than the test prompts, so the window changes the answers.
 WINDOW = 8
@@ -53,6 +54,21 @@ def tiny_config(family: str, vocab: int):
         return T.GraniteMoeHybridConfig(num_hidden_layers=2, layer_types=["mamba", "attention"], num_local_experts=2,
                                         num_experts_per_tok=1, shared_intermediate_size=128,
                                         max_position_embeddings=4096, **attn, **ssm, **common)
+    # Gated DeltaNet (linear attention with a short convolution) + attention: Qwen3-Next (with
+    # experts), Qwen3.5's text model, OLMo hybrid.
+    delta = dict(layer_types=["linear_attention", "full_attention"], linear_conv_kernel_dim=4, linear_key_head_dim=16,
+                 linear_value_head_dim=16, linear_num_key_heads=2, linear_num_value_heads=4,
+                 max_position_embeddings=4096)
+    if family == "qwen3_next":
+        return T.Qwen3NextConfig(num_hidden_layers=2, head_dim=16, num_experts=2, num_experts_per_tok=1,
+                                 moe_intermediate_size=64, shared_expert_intermediate_size=64, **delta, **attn, **common)
+    if family == "qwen3_5_text":
+        return T.Qwen3_5TextConfig(num_hidden_layers=2, head_dim=16, **delta, **attn, **common)
+    if family == "olmo_hybrid":
+        return T.OlmoHybridConfig(num_hidden_layers=2, **delta, **attn, **common)
+    if family == "lfm2":  # short gated convolutions + attention (LiquidAI LFM2)
+        return T.Lfm2Config(num_hidden_layers=2, layer_types=["conv", "full_attention"], max_position_embeddings=4096,
+                            **attn, **common)
     if family == "recurrent_gemma":
         return T.RecurrentGemmaConfig(num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=1,
                                       intermediate_size=128, lru_width=64, attention_window_size=64,
