@@ -167,12 +167,14 @@ def test_left_padding_leaves_the_logits_of_the_families_generate_pads(family, ch
 
 
 @pytest.mark.parametrize("family, flag", [("mamba", "use_bias"), ("falcon_mamba", "use_bias"), ("mamba2", "use_bias"),
-                                          ("bamba", "mamba_proj_bias"), ("jamba", "mamba_proj_bias")])
+                                          ("bamba", "mamba_proj_bias"), ("jamba", "mamba_proj_bias"),
+                                          ("lfm2", "conv_bias")])
 def test_a_model_with_a_bias_before_its_convolution_is_never_padded(family, flag, checkpoints, tmp_path, bpe):
-    """transformers' Mamba mixers zero padding before their input projection, whose bias (Mamba's
-    and Mamba2's `use_bias`, the hybrids' `mamba_proj_bias`) then reaches the convolution over a
-    row's first tokens: such a model is batched only with prompts of its length, in the stateful
-    loop (Mamba, Mamba2) and in `generate` (the hybrids)."""
+    """transformers' Mamba mixers and LFM2's short convolutions zero padding before their input
+    projection, whose bias (Mamba's and Mamba2's `use_bias`, the hybrids' `mamba_proj_bias`,
+    LFM2's `conv_bias`) then reaches the convolution over a row's first tokens: such a model is
+    batched only with prompts of its length, in the stateful loop (Mamba, Mamba2) and in
+    `generate` (the hybrids)."""
     import shutil
 
     folder = tmp_path / "biased"
@@ -181,7 +183,8 @@ def test_a_model_with_a_bias_before_its_convolution_is_never_padded(family, flag
     (folder / "config.json").write_text(json.dumps({**cfg, flag: True}))
     model = load_model("hf", path=str(folder), batch_size=4)
     net = model.model
-    projections = [m.in_proj for m in net.modules() if hasattr(m, "conv1d") and hasattr(m, "in_proj")]
+    projections = [m.in_proj for m in net.modules()
+                   if hasattr(m, "in_proj") and any(isinstance(c, torch.nn.Conv1d) for c in m.children())]
     assert projections and all(p.bias is not None for p in projections)
     gen = torch.Generator().manual_seed(6)
     with torch.no_grad():
@@ -193,7 +196,7 @@ def test_a_model_with_a_bias_before_its_convolution_is_never_padded(family, flag
         leaked = net(input_ids=torch.tensor([long, [2] * pad + short]), attention_mask=mask,
                      position_ids=(mask.cumsum(-1) - 1).clamp(min=0)).logits[1, pad:]
         alone = net(input_ids=torch.tensor([short])).logits[0]
-    assert (leaked - alone).abs().max() > 1e-2  # most at the first tokens, which the convolution reaches back from
+    assert (leaked - alone).abs().max() > 1e-3  # most at the first tokens, which the convolution reaches back from
     encoded = [bpe.encode(p) for p in PROMPTS]
     assert all(len({len(encoded[i]) for i in b}) == 1 for b in model._batches(list(range(len(PROMPTS))), encoded))
     got = model.generate(PROMPTS, GenParams(max_new_tokens=6))

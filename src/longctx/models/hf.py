@@ -198,12 +198,16 @@ class HFModel:
 
 
 def _input_bias_reaches_convolution(model) -> bool:
-    """Whether a transformers Mamba or Mamba2 mixer of `model` has a bias on its input projection.
-    transformers zeroes padding before that projection, so every padded position then feeds the
-    bias to the causal convolution, which carries it into the row's first real tokens (a test
-    shows the logits move). Our own MixerLM zeroes padding after it."""
-    return any(type(m).__module__.startswith("transformers.") and hasattr(m, "conv1d")
-               and getattr(getattr(m, "in_proj", None), "bias", None) is not None for m in model.modules())
+    """Whether a transformers mixer of `model` with a causal convolution (Mamba's, Mamba2's, LFM2's
+    short convolution) has a bias on its input projection. transformers zeroes padding before
+    that projection, so every padded position then feeds the bias to the convolution, which
+    carries it into the row's first real tokens (a test shows the logits move). Our own MixerLM
+    zeroes padding after it."""
+    import torch
+
+    return any(type(m).__module__.startswith("transformers.")
+               and getattr(getattr(m, "in_proj", None), "bias", None) is not None
+               and any(isinstance(child, torch.nn.Conv1d) for child in m.children()) for m in model.modules())
 
 
 @contextmanager
