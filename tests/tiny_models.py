@@ -6,8 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 FAMILIES = ["llama", "gemma3_text", "gemma2", "mamba", "falcon_mamba", "mamba2", "bamba", "zamba2", "falcon_h1",
-            "nemotron_h", "jamba", "granitemoehybrid", "qwen3_next", "qwen3_5_text", "olmo_hybrid", "kimi_linear",
-            "lfm2", "recurrent_gemma", "rwkv"]
+            "nemotron_h", "jamba", "granitemoehybrid", "qwen3_next", "qwen3_5_text", "olmo_hybrid",
+            "kimi_linear", "lfm2", "lfm2_moe", "recurrent_gemma", "rwkv"]
 # Sliding-window attention (Gemma 3: local layers and a global one; Gemma 2: also soft-capped
 # scores) with a window far shorter than the test prompts, so the window changes the answers.
 WINDOW = 8
@@ -63,7 +63,7 @@ def tiny_config(family: str, vocab: int):
         return T.Qwen3NextConfig(num_hidden_layers=2, head_dim=16, num_experts=2, num_experts_per_tok=1,
                                  moe_intermediate_size=64, shared_expert_intermediate_size=64,
                                  **delta, **attn, **common)
-    if family == "qwen3_5_text":
+    if family == "qwen3_5_text":  # (a Qwen3.5 checkpoint, multimodal, loads as this text model)
         return T.Qwen3_5TextConfig(num_hidden_layers=2, head_dim=16, **delta, **attn, **common)
     if family == "olmo_hybrid":
         return T.OlmoHybridConfig(num_hidden_layers=2, **delta, **attn, **common)
@@ -75,6 +75,10 @@ def tiny_config(family: str, vocab: int):
                                   kv_lora_rank=16, q_lora_rank=None, qk_rope_head_dim=8, v_head_dim=16,
                                   qk_nope_head_dim=8, num_local_experts=2, num_experts_per_tok=1,
                                   moe_intermediate_size=64, max_position_embeddings=4096, **common)
+    if family == "lfm2_moe":
+        return T.Lfm2MoeConfig(num_hidden_layers=2, layer_types=["conv", "full_attention"], num_dense_layers=1,
+                               num_experts=2, num_experts_per_tok=1, moe_intermediate_size=64,
+                               max_position_embeddings=4096, **attn, **common)
     if family == "lfm2":  # short gated convolutions + attention (LiquidAI LFM2)
         return T.Lfm2Config(num_hidden_layers=2, layer_types=["conv", "full_attention"], max_position_embeddings=4096,
                             **attn, **common)
