@@ -10,10 +10,13 @@ import torch
 
 from longctx.errors import UsageError
 from longctx.models import GenParams, load_model
-from longctx.models.hf import RECURRENT_FAMILIES
+from longctx.models.hf import RECURRENT_FAMILIES, SHRINKABLE
 from longctx.models.stateful import PADDED_IN_LOOP, STATEFUL_FAMILIES
 from tiny_models import FAMILIES, make_checkpoint
 
+# Attention decoders batched continuously on the CPU (rows of their own) and, elsewhere, with
+# finished rows leaving the batch; Gemma 2's soft-capped scores take fixed batches (its own test).
+ROW_FAMILIES = sorted(SHRINKABLE & set(FAMILIES) - {"gemma2"})
 PROMPTS = ["The grass is green. The sky is blue. " * 9 + "The special magic number is 1234.",
            "hello world " * 7, "one two three four " * 10, "hello world " * 7 + "!"]
 
@@ -32,6 +35,21 @@ def naive(model, tokenizer, prompt: str, max_new: int) -> str:
     return tokenizer.decode(out[0, ids.shape[1]:].tolist())
 
 
+def end_token_splitting_answers(model, tokenizer, prompts: list[str], max_new: int) -> int:
+    """A token that, made an end token, ends the naive answers to `prompts` after different
+    numbers of tokens (the first that does, in the order the answers use them)."""
+    answers = []
+    for prompt in prompts:
+        ids = torch.tensor([tokenizer.encode(prompt)])
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new, do_sample=False,
+                             use_cache=False, pad_token_id=2)
+        answers.append(out[0, ids.shape[1]:].tolist())
+    for token in dict.fromkeys(t for answer in answers for t in answer):
+        if len({answer.index(token) + 1 if token in answer else len(answer) for answer in answers}) > 1:
+            return token
+    pytest.fail(f"no token ends these answers after different numbers of tokens: {answers}")
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 def test_family_batched_chunked_equals_naive_uncached(family, checkpoints, bpe):
     fast = load_model("hf", path=str(checkpoints[family]), batch_size=4, prefill_chunk=16)
@@ -43,7 +61,7 @@ def test_family_batched_chunked_equals_naive_uncached(family, checkpoints, bpe):
     assert [c.text for c in got] == want
 
 
-@pytest.mark.parametrize("family", ["llama", "gemma3_text"])
+@pytest.mark.parametrize("family", ROW_FAMILIES)
 def test_attention_batches_drop_finished_rows_and_equal_naive(family, checkpoints, bpe):
     """Off the CPU, attention models batch decode with rows leaving the batch as they end
     (greedy_shrinking), sliding-window layers (Gemma 3) included."""
@@ -52,11 +70,9 @@ def test_attention_batches_drop_finished_rows_and_equal_naive(family, checkpoint
     model = load_model("hf", path=str(checkpoints[family]), batch_size=4)
     assert model.prefill_chunk is None and model._shrinks
     model._continuous = lambda todo, encoded: False  # the fixed-batch path (off the CPU)
-    # Make a frequent token an end token, so rows end at different steps.
-    first = [c.text for c in model.generate(PROMPTS, GenParams(max_new_tokens=12))]
-    common = bpe.encode(first[0])[-1] if bpe.encode(first[0]) else 5
-    model.eos_ids = {2, common}
-    model.model.generation_config = GenerationConfig(eos_token_id=[2, common], pad_token_id=2)
+    end = end_token_splitting_answers(model.model, bpe, PROMPTS, 12)  # so rows end at different steps
+    model.eos_ids = {2, end}
+    model.model.generation_config = GenerationConfig(eos_token_id=[2, end], pad_token_id=2)
     got = model.generate(PROMPTS, GenParams(max_new_tokens=12))
     lengths = {c.output_tokens for c in got}
     want = [naive(model.model, bpe, p, 12) for p in PROMPTS]
@@ -533,7 +549,7 @@ def test_rows_of_their_own_compute_what_each_row_computes_alone():
 
 
 @pytest.mark.parametrize("draft", [0, 3])
-@pytest.mark.parametrize("family", ["llama", "gemma3_text"])
+@pytest.mark.parametrize("family", ROW_FAMILIES)
 def test_continuous_batching_refills_rows_and_equals_naive(family, checkpoints, bpe, monkeypatch, draft):
     """More prompts than batch rows: each row takes the next prompt when its answer ends, rows of
     different lengths share a step, and with draft tokens a step keeps several tokens; the tokens
@@ -546,10 +562,9 @@ def test_continuous_batching_refills_rows_and_equals_naive(family, checkpoints, 
     model = load_model("hf", path=str(checkpoints[family]), batch_size=2, draft_tokens=draft)
     assert model.call_size == 16  # the runner's default: a call brings more prompts than rows
     prompts = PROMPTS + ["two one " * 9, "sky grass " * 12 + "1234", "three " * 5]
-    first = model.generate(prompts[:1], GenParams(max_new_tokens=12))[0].text
-    common = bpe.encode(first)[-1] if bpe.encode(first) else 5  # a frequent token ends some answers early
-    model.eos_ids = {2, common}
-    model.model.generation_config = GenerationConfig(eos_token_id=[2, common], pad_token_id=2)
+    end = end_token_splitting_answers(model.model, bpe, prompts, 12)  # it ends some answers early
+    model.eos_ids = {2, end}
+    model.model.generation_config = GenerationConfig(eos_token_id=[2, end], pad_token_id=2)
     calls, layouts, steps = [], [], []
     real_continuous, real_rows_at, real_forward = continuous.greedy_continuous, kv_cache.rows_at, model.model.forward
     monkeypatch.setattr("longctx.models.hf.greedy_continuous",
@@ -562,10 +577,10 @@ def test_continuous_batching_refills_rows_and_equals_naive(family, checkpoints, 
     assert any(len(set(ends)) > 1 for ends in layouts)  # rows of different lengths shared a step
     decode = [shape for shape in steps if shape[1] == draft + 1 and shape[0] <= 2]
     new_tokens = sum(c.output_tokens for c in got) - len(prompts)  # the first of each comes from its prefill
-    if draft:  # guesses were kept: fewer steps than tokens even with two rows sharing a step
-        assert len(decode) < new_tokens / 2
-    else:
+    if not draft:
         assert len(decode) >= new_tokens / 2
+    elif family in ("llama", "gemma3_text"):  # their answers repeat the prompts: guesses were kept,
+        assert len(decode) < new_tokens / 2  # fewer steps than tokens even with two rows sharing a step
 
 
 @pytest.mark.parametrize("draft", [0, 2])
