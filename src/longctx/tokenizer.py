@@ -14,6 +14,7 @@ import functools
 import hashlib
 import os
 import re
+import warnings
 from itertools import accumulate
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -138,7 +139,9 @@ def load_tokenizer(path: str | os.PathLike, cache_dir: Path | None = None, trust
             hf.save_pretrained(str(cache))
         return Tokenizer(AutoTokenizer.from_pretrained(str(cache)), name=p.name)
     if p.is_dir():
-        return Tokenizer(AutoTokenizer.from_pretrained(str(p), trust_remote_code=trust_remote_code), name=p.name)
+        hf = AutoTokenizer.from_pretrained(str(p), trust_remote_code=trust_remote_code)
+        _warn_if_not_its_own_file(hf, p)
+        return Tokenizer(hf, name=p.name)
     if p.exists():
         raise UsageError(f"unsupported tokenizer path: {p} (expected a folder or a .gguf file)")
     if _looks_like_hub_id(str(path)):
@@ -148,6 +151,34 @@ def load_tokenizer(path: str | os.PathLike, cache_dir: Path | None = None, trust
             raise UsageError(f"cannot load tokenizer {path} from the hub or its cache: {str(e).splitlines()[0]}") from None
         return Tokenizer(hf, name=str(path))
     raise UsageError(f"tokenizer not found: {p} (give a local tokenizer folder, a .gguf file or a hub id)")
+
+
+class RetokenizedWarning(UserWarning):
+    """transformers tokenizes a folder's text otherwise than the folder's own tokenizer.json."""
+
+
+# Digits, runs of spaces, newlines, punctuation and accents: where tokenizers' splits differ.
+_RETOKENIZE_PROBE = "The special magic number for naïve-café is: 1234567.\n  One 3:4 (x9y) 7-8 - end!"
+
+
+def _warn_if_not_its_own_file(hf, folder: Path) -> None:
+    """transformers 5 builds the tokenizer class of the folder's model type (from a config.json
+    beside the tokenizer), whatever class the tokenizer files name, and that class may split text
+    otherwise than the folder's own tokenizer.json: a `Qwen2Tokenizer` re-splits a vocabulary it
+    was not made for and adds a pad token past it. longctx counts and feeds what transformers
+    built, so its own runs stay consistent, but a server that reads tokenizer.json (llama.cpp,
+    another stack) would see other tokens: say so."""
+    file = folder / "tokenizer.json"
+    if not file.is_file():
+        return
+    from tokenizers import Tokenizer as FileTokenizer
+
+    own = FileTokenizer.from_file(str(file)).encode(_RETOKENIZE_PROBE, add_special_tokens=False).ids
+    built = hf.encode(_RETOKENIZE_PROBE, add_special_tokens=False)
+    if own != built:
+        warnings.warn(f"{folder.name}: transformers loaded its tokenizer as {type(hf).__name__}, which splits text "
+                      f"otherwise than the folder's tokenizer.json ({len(built)} tokens against {len(own)} on a probe); "
+                      f"longctx counts and feeds {type(hf).__name__}'s tokens", RetokenizedWarning, stacklevel=3)
 
 
 def _looks_like_hub_id(text: str) -> bool:
