@@ -583,6 +583,24 @@ def test_continuous_batching_refills_rows_and_equals_naive(family, checkpoints, 
         assert len(decode) < new_tokens / 2  # fewer steps than tokens even with two rows sharing a step
 
 
+def test_qwen2_with_its_tokenizer_given_apart_batches_continuously_as_the_naive_loop(tmp_path, bpe, monkeypatch):
+    """Qwen2 (biases on q, k and v) through continuous batching with draft tokens. Its tokenizer
+    comes from a folder of its own: beside a Qwen2 config.json, transformers would build a
+    Qwen2Tokenizer over the test vocabulary (tests/tiny_models.py)."""
+    from longctx.models import continuous
+
+    folder = make_checkpoint("qwen2", tmp_path / "qwen2", bpe)
+    bpe.hf.save_pretrained(tmp_path / "tokenizer")
+    model = load_model("hf", path=str(folder), tokenizer=str(tmp_path / "tokenizer"), batch_size=2, draft_tokens=3)
+    calls, real = [], continuous.greedy_continuous
+    monkeypatch.setattr("longctx.models.hf.greedy_continuous", lambda *a, **k: calls.append(1) or real(*a, **k))
+    prompts = PROMPTS + ["two one " * 9, "sky grass " * 12 + "1234"]
+    got = model.generate(prompts, GenParams(max_new_tokens=12))
+    assert calls and model.family == "qwen2"
+    assert [c.prompt_tokens for c in got] == [bpe.count(p) for p in prompts]
+    assert [c.text for c in got] == [naive(model.model, bpe, p, 12) for p in prompts]
+
+
 @pytest.mark.parametrize("draft", [0, 2])
 def test_continuous_batching_when_every_answer_ends_at_once(checkpoints, bpe, draft):
     """An untrained model may end every answer with its first token: a slot then takes the next

@@ -10,7 +10,8 @@ FAMILIES = ["llama", "gemma3_text", "gemma2", "mamba", "falcon_mamba", "mamba2",
             "kimi_linear", "lfm2", "lfm2_moe", "recurrent_gemma", "rwkv",
             # the other attention decoders the hf backend batches continuously (hf.SHRINKABLE)
             # (not qwen2: with its model type in the folder, transformers loads the tokenizer as a
-            # Qwen2Tokenizer, which re-splits our test vocabulary and adds a pad token past it)
+            # Qwen2Tokenizer, which re-splits our test vocabulary and adds a pad token past it;
+            # test_hf_backend.py runs it with the tokenizer given apart)
             "mistral", "qwen3", "gemma", "phi3", "olmo", "olmo2", "granite", "smollm3", "starcoder2"]
 # Sliding-window attention (Gemma 3: local layers and a global one; Gemma 2: also soft-capped
 # scores) with a window far shorter than the test prompts, so the window changes the answers.
@@ -28,6 +29,8 @@ def tiny_config(family: str, vocab: int):
     plain = dict(num_hidden_layers=2, max_position_embeddings=4096, **attn, **common)
     if family == "mistral":  # a sliding window far shorter than the prompts
         return T.MistralConfig(sliding_window=WINDOW, **plain)
+    if family == "qwen2":  # biases on q, k and v (not in FAMILIES: see there)
+        return T.Qwen2Config(**plain)
     if family == "qwen3":  # RMS norms on q and k
         return T.Qwen3Config(head_dim=16, **plain)
     if family == "gemma":

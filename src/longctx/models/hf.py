@@ -34,7 +34,7 @@ from .scan_carry import scans_carry_state
 from .stateful import PADDED_IN_LOOP, STATEFUL_FAMILIES, greedy_shrinking, greedy_stateful, takes_logits_to_keep
 
 # Pure attention decoders whose KV cache can drop finished rows mid-batch (each tested on a tiny
-# checkpoint but qwen2: tests/tiny_models.py says why).
+# checkpoint; qwen2 with its tokenizer given apart, tests/tiny_models.py says why).
 SHRINKABLE = {"llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "phi3", "olmo", "olmo2",
               "granite", "smollm3", "starcoder2"}
 
