@@ -35,6 +35,16 @@ def naive(model, tokenizer, prompt: str, max_new: int) -> str:
     return tokenizer.decode(out[0, ids.shape[1]:].tolist())
 
 
+def left_padded_pair(tokenizer):
+    """PROMPTS[0] and the shorter PROMPTS[1] in one batch, the short one left-padded with token 2:
+    (ids [2, L], attention mask, positions numbered as `generate` numbers them, the short
+    prompt's ids, its padding)."""
+    short, long = tokenizer.encode(PROMPTS[1]), tokenizer.encode(PROMPTS[0])
+    pad = len(long) - len(short)
+    mask = torch.tensor([[1] * len(long), [0] * pad + [1] * len(short)])
+    return torch.tensor([long, [2] * pad + short]), mask, (mask.cumsum(-1) - 1).clamp(min=0), short, pad
+
+
 def end_token_splitting_answers(model, tokenizer, prompts: list[str], max_new: int) -> int:
     """A token that, made an end token, ends the naive answers to `prompts` after different
     numbers of tokens (the first that does, in the order the answers use them)."""
@@ -150,11 +160,9 @@ def test_recurrent_gemma_padding_leaks_in_transformers(checkpoints, bpe):
     """Why RecurrentGemma never goes through `generate` with padding: transformers' recurrent
     blocks ignore the attention mask and convolve a row's first tokens with the padding before them."""
     net = load_model("hf", path=str(checkpoints["recurrent_gemma"])).model
-    short, long = bpe.encode(PROMPTS[1]), bpe.encode(PROMPTS[0])
-    pad = len(long) - len(short)
+    ids, mask, _, short, _ = left_padded_pair(bpe)
     with torch.no_grad():
-        leaked = net(input_ids=torch.tensor([long, [2] * pad + short]),
-                     attention_mask=torch.tensor([[1] * len(long), [0] * pad + [1] * len(short)])).logits[1, -1]
+        leaked = net(input_ids=ids, attention_mask=mask).logits[1, -1]
         alone = net(input_ids=torch.tensor([short])).logits[0, -1]
     assert (leaked - alone).abs().max() > 1e-2
 
@@ -165,13 +173,9 @@ def test_left_padding_leaves_the_logits_of_the_families_generate_pads(family, ch
     stateful loop's): the attention mask keeps the padding out of a row, so its logits are the
     prompt's alone, for a whole prompt and for a decode step after it."""
     net = load_model("hf", path=str(checkpoints[family])).model
-    short, long = bpe.encode(PROMPTS[1]), bpe.encode(PROMPTS[0])
-    pad = len(long) - len(short)
-    mask = torch.tensor([[1] * len(long), [0] * pad + [1] * len(short)])
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)  # as `generate` numbers a left-padded row
+    ids, mask, positions, short, pad = left_padded_pair(bpe)
     with torch.no_grad():
-        padded = net(input_ids=torch.tensor([long, [2] * pad + short]), attention_mask=mask,
-                     position_ids=positions, use_cache=True)
+        padded = net(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
         alone = net(input_ids=torch.tensor([short]), use_cache=True)
         step = dict(input_ids=torch.tensor([[5]]), use_cache=True)
         padded_step = net(**{**step, "input_ids": torch.tensor([[5], [5]])}, past_key_values=padded.past_key_values,
@@ -206,11 +210,8 @@ def test_a_model_with_a_bias_before_its_convolution_is_never_padded(family, flag
     with torch.no_grad():
         for p in projections:
             p.bias.copy_(torch.randn(p.bias.shape, generator=gen) * 0.5)
-        short, long = bpe.encode(PROMPTS[1]), bpe.encode(PROMPTS[0])
-        pad = len(long) - len(short)
-        mask = torch.tensor([[1] * len(long), [0] * pad + [1] * len(short)])
-        leaked = net(input_ids=torch.tensor([long, [2] * pad + short]), attention_mask=mask,
-                     position_ids=(mask.cumsum(-1) - 1).clamp(min=0)).logits[1, pad:]
+        ids, mask, positions, short, pad = left_padded_pair(bpe)
+        leaked = net(input_ids=ids, attention_mask=mask, position_ids=positions).logits[1, pad:]
         alone = net(input_ids=torch.tensor([short])).logits[0]
     assert (leaked - alone).abs().max() > 1e-3  # most at the first tokens, which the convolution reaches back from
     encoded = [bpe.encode(p) for p in PROMPTS]

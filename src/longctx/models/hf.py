@@ -92,8 +92,7 @@ class HFModel:
         self._shrinks = family in SHRINKABLE
         leaks = _input_bias_reaches_convolution(model)
         self._in_loop = family in STATEFUL_FAMILIES
-        self._loop_pads = (self._in_loop and family in PADDED_IN_LOOP and getattr(model, "takes_padding", True)
-                           and not leaks)
+        self._loop_pads = family in PADDED_IN_LOOP and getattr(model, "takes_padding", True) and not leaks
         # Whether prompts of different lengths may share a batch, left-padded.
         self._pads = self._loop_pads or not (self._in_loop or leaks)
         if prefill_chunk is not None and prefill_chunk < -1:  # (its type: models.check_options)
@@ -160,12 +159,11 @@ class HFModel:
     def _batches(self, todo: list[int], encoded: list[list[int]]) -> list[list[int]]:
         """Sorted by length; prompts that cannot be padded (`_pads`) are batched only with equal lengths."""
         order = sorted(todo, key=lambda i: len(encoded[i]))
-        unpadded = not self._pads
         batches: list[list[int]] = []
         for i in order:
             last = batches[-1] if batches else None
             fits = last is not None and len(last) < self._max_batch and (
-                len(encoded[last[0]]) == len(encoded[i]) or not unpadded)
+                self._pads or len(encoded[last[0]]) == len(encoded[i]))
             if fits:
                 last.append(i)
             else:

@@ -15,6 +15,8 @@ from __future__ import annotations
 import contextlib
 import functools
 
+from .scan_carry import scans_carry_state
+
 # Families whose forward takes and returns a `state` list: transformers' RWKV (v4) and `rwkv6`,
 # the model_type of the code that RWKV/rwkv-6-world-3b-v2.1 ships (trust_remote_code). That code's
 # forward has no logits_to_keep (hf.py feeds its head the last position only).
@@ -57,8 +59,6 @@ def _mamba_step(model, ids, state, pads):
     padding (one-token prefill chunks only) gets its zero states back after it. The Mamba-1
     layouts scan a continuing chunk from a zero state unless `scans_carry_state` is on."""
     from transformers import DynamicCache
-
-    from .scan_carry import scans_carry_state
 
     if state is None:
         state = (DynamicCache(config=model.config), 0, None if pads is None else pads.to(ids.device))
