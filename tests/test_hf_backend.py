@@ -10,7 +10,7 @@ import torch
 
 from longctx.errors import UsageError
 from longctx.models import GenParams, load_model
-from longctx.models.hf import RECURRENT_FAMILIES, SHRINKABLE
+from longctx.models.hf import PADDING_LEAKS, RECURRENT_FAMILIES, SHRINKABLE, UNCHUNKABLE
 from longctx.models.stateful import PADDED_IN_LOOP, STATEFUL_FAMILIES
 from tiny_models import FAMILIES, make_checkpoint
 
@@ -62,7 +62,8 @@ def end_token_splitting_answers(model, tokenizer, prompts: list[str], max_new: i
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_family_batched_chunked_equals_naive_uncached(family, checkpoints, bpe):
-    fast = load_model("hf", path=str(checkpoints[family]), batch_size=4, prefill_chunk=16)
+    chunk = 0 if family in UNCHUNKABLE else 16
+    fast = load_model("hf", path=str(checkpoints[family]), batch_size=4, prefill_chunk=chunk)
     got = fast.generate(PROMPTS, GenParams(max_new_tokens=6))
     assert fast.family == family
     assert [c.prompt_tokens for c in got] == [bpe.count(p) for p in PROMPTS]
@@ -91,9 +92,18 @@ def test_attention_batches_drop_finished_rows_and_equal_naive(family, checkpoint
 
 
 def test_recurrent_families_prefill_in_chunks_by_default(checkpoints):
-    assert load_model("hf", path=str(checkpoints["mamba2"])).prefill_chunk == 2048
-    assert load_model("hf", path=str(checkpoints["llama"])).prefill_chunk is None
-    assert load_model("hf", path=str(checkpoints["recurrent_gemma"])).prefill_chunk == 2048
+    """Every family with a recurrent state (its own loop's, or a linear-attention or convolution
+    layer in transformers' cache) prefills in 2048-token chunks unless transformers cannot chunk
+    it (UNCHUNKABLE); attention models in one pass."""
+    from transformers import DynamicCache
+    from transformers.cache_utils import LinearAttentionCacheLayerMixin
+
+    for family in FAMILIES:
+        model = load_model("hf", path=str(checkpoints[family]))
+        recurrent = family in STATEFUL_FAMILIES or any(
+            isinstance(layer, LinearAttentionCacheLayerMixin) for layer in DynamicCache(config=model.model.config).layers)
+        assert model.prefill_chunk == (2048 if recurrent and family not in UNCHUNKABLE else None), family
+    assert {"mamba2", "recurrent_gemma", "jamba", "zamba", "minimax"} <= set(FAMILIES)
 
 
 @pytest.mark.parametrize("family", ["mamba", "falcon_mamba", "mamba2", "rwkv", "recurrent_gemma"])
@@ -128,9 +138,10 @@ def test_chunked_prefill_gives_one_pass_logits(family, chunk, checkpoints):
 
 @pytest.mark.parametrize("family", sorted(set(FAMILIES) & RECURRENT_FAMILIES - STATEFUL_FAMILIES))
 def test_hybrids_batched_through_generate_give_each_prompt_alone_logits(family, checkpoints, monkeypatch):
-    """The hybrids go through transformers' `generate`, left-padded and prefilled in chunks
-    (`prefill_chunk_size`; Jamba's Mamba layers under scan_carry): every row's logits, at the
-    prompt's end and after each decoded token, are those of its prompt alone in one uncached pass."""
+    """The hybrids go through transformers' `generate`, left-padded (but those in PADDING_LEAKS,
+    one prompt length per batch) and prefilled in chunks (`prefill_chunk_size`; Jamba's Mamba
+    layers under scan_carry; MiniMax's cache of its own): every row's logits, at the prompt's end
+    and after each decoded token, are those of its prompt alone in one uncached pass."""
     model = load_model("hf", path=str(checkpoints[family]), prefill_chunk=16, batch_size=4)
     net, calls = model.model, []
     inner = net.generate
@@ -144,11 +155,13 @@ def test_hybrids_batched_through_generate_give_each_prompt_alone_logits(family, 
     gen = torch.Generator().manual_seed(5)
     prompts = [torch.randint(5, net.config.vocab_size, (n,), generator=gen).tolist() for n in (50, 47, 35, 20)]
     model.generate([model.tokenizer.decode(p) for p in prompts], GenParams(max_new_tokens=3))
-    assert len(calls) == 1 and calls[0][0].shape[1] > 16  # one padded batch, prefilled in chunks
-    ids, mask, out = calls[0]
-    assert len(set(mask.sum(1).tolist())) > 1
+    if family in PADDING_LEAKS:  # a batch per prompt, unpadded
+        assert len(calls) == 4 and all(bool(mask.all()) for _, mask, _ in calls)
+    else:  # one padded batch
+        assert len(calls) == 1 and len(set(calls[0][1].sum(1).tolist())) > 1
+    assert all(ids.shape[1] > 16 for ids, _, _ in calls)  # prefilled in chunks
     with torch.no_grad():
-        for row in range(ids.shape[0]):
+        for (ids, mask, out), row in ((call, row) for call in calls for row in range(call[0].shape[0])):
             alone = ids[row, mask[row].bool()].tolist()
             for k, step_logits in enumerate(out.logits):
                 answer = out.sequences[row, ids.shape[1]:ids.shape[1] + k].tolist()
@@ -167,7 +180,48 @@ def test_recurrent_gemma_padding_leaks_in_transformers(checkpoints, bpe):
     assert (leaked - alone).abs().max() > 1e-2
 
 
-@pytest.mark.parametrize("family", [f for f in FAMILIES if f not in STATEFUL_FAMILIES])
+def test_minimax_lightning_attention_state_takes_in_left_padding(checkpoints, bpe):
+    """Why MiniMax is never padded (hf.PADDING_LEAKS): with a left-padded prompt, transformers
+    masks the padding out of the prompt's own logits, but the lightning attention's state that
+    the next decode step reads has taken it in."""
+    net = load_model("hf", path=str(checkpoints["minimax"])).model
+    ids, mask, positions, short, pad = left_padded_pair(bpe)
+    with torch.no_grad():
+        padded = net(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
+        alone = net(input_ids=torch.tensor([short]), use_cache=True)
+        padded_step = net(input_ids=torch.tensor([[5], [5]]), past_key_values=padded.past_key_values, use_cache=True,
+                          attention_mask=torch.cat([mask, torch.ones(2, 1, dtype=mask.dtype)], 1),
+                          position_ids=positions[:, -1:] + 1)
+        alone_step = net(input_ids=torch.tensor([[5]]), past_key_values=alone.past_key_values, use_cache=True,
+                         position_ids=torch.tensor([[len(short)]]))
+    torch.testing.assert_close(padded.logits[1, pad:], alone.logits[0], atol=1e-4, rtol=1e-4)
+    assert float((padded_step.logits[1] - alone_step.logits[0]).abs().max()) > 1e-3
+
+
+def test_minimax_refuses_chunked_prefill_and_its_one_pass_equals_alone(checkpoints):
+    """Why MiniMax is in UNCHUNKABLE: transformers' `generate`, chunking its prefill into its
+    own cache class, moves the logits at the prompt's end; an explicit chunk is refused; in one
+    pass every step's logits are those of the sequence alone, uncached."""
+    from transformers.models.minimax.modeling_minimax import MiniMaxCache
+
+    with pytest.raises(UsageError, match="MiniMax"):
+        load_model("hf", path=str(checkpoints["minimax"]), prefill_chunk=16)
+    model = load_model("hf", path=str(checkpoints["minimax"]))
+    assert model.prefill_chunk is None
+    net = model.model
+    ids = torch.randint(5, net.config.vocab_size, (1, 40), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        gaps = {}
+        for chunk in (0, 16):
+            extra = dict(prefill_chunk_size=chunk, past_key_values=MiniMaxCache()) if chunk else {}
+            out = net.generate(ids, max_new_tokens=3, do_sample=False, output_logits=True, return_dict_in_generate=True,
+                               pad_token_id=2, **extra)
+            want = [net(out.sequences[:, :40 + k], use_cache=False).logits[0, -1] for k in range(3)]
+            gaps[chunk] = max(float((got[0] - w).abs().max()) for got, w in zip(out.logits, want))
+    assert gaps[0] < 1e-4 and gaps[16] > 1e-3, gaps
+
+
+@pytest.mark.parametrize("family", [f for f in FAMILIES if f not in STATEFUL_FAMILIES | PADDING_LEAKS])
 def test_left_padding_leaves_the_logits_of_the_families_generate_pads(family, checkpoints, bpe):
     """The families that go through transformers' `generate` with left padding (all but the
     stateful loop's): the attention mask keeps the padding out of a row, so its logits are the
@@ -318,6 +372,8 @@ def test_batches_group_by_length_and_pad_only_what_the_loop_can_pad(checkpoints)
     assert mamba2._batches(list(range(5)), enc) == [[1, 2, 4, 3, 0]]  # the loop pads Mamba2 (PADDED_IN_LOOP)
     assert llama._batches(list(range(5)), enc) == [[1, 2], [4, 3], [0]]
     assert rwkv._batches(list(range(5)), enc) == [[1], [2], [4], [3], [0]]  # see the next test
+    minimax = load_model("hf", path=str(checkpoints["minimax"]), batch_size=8)  # hf.PADDING_LEAKS
+    assert minimax._batches(list(range(5)), enc) == [[1, 2], [4], [3], [0]]
 
 
 @pytest.mark.parametrize("family", ["rwkv", "mamba2", "recurrent_gemma"])

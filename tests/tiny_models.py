@@ -7,7 +7,8 @@ from pathlib import Path
 
 FAMILIES = ["llama", "gemma3_text", "gemma2", "mamba", "falcon_mamba", "mamba2", "bamba", "zamba2", "falcon_h1",
             "nemotron_h", "jamba", "granitemoehybrid", "qwen3_next", "qwen3_5_text", "olmo_hybrid",
-            "kimi_linear", "lfm2", "lfm2_moe", "recurrent_gemma", "rwkv",
+            "kimi_linear", "lfm2", "lfm2_moe", "lfm3", "zamba", "bailing_hybrid", "zaya", "minimax",
+            "recurrent_gemma", "rwkv",
             # the other attention decoders the hf backend batches continuously (hf.SHRINKABLE)
             # (not qwen2: with its model type in the folder, transformers loads the tokenizer as a
             # Qwen2Tokenizer, which re-splits our test vocabulary and adds a pad token past it;
@@ -111,6 +112,28 @@ def tiny_config(family: str, vocab: int):
     if family == "lfm2":  # short gated convolutions + attention (LiquidAI LFM2)
         return T.Lfm2Config(num_hidden_layers=2, layer_types=["conv", "full_attention"], max_position_embeddings=4096,
                             **attn, **common)
+    if family == "lfm3":  # LFM2's short convolutions and attention, a newer layout
+        return T.Lfm3Config(num_hidden_layers=2, layer_types=["conv", "full_attention"], head_dim=16,
+                            max_position_embeddings=4096, **attn, **common)
+    if family == "zamba":  # Zamba v1: Mamba-1 layers and a shared attention block (two hybrid layers)
+        return T.ZambaConfig(num_hidden_layers=4, attn_layer_period=2, attn_layer_offset=0, attention_hidden_size=128,
+                             attention_head_dim=32, n_mamba_heads=2, mamba_d_state=16, max_position_embeddings=4096,
+                             **attn, **common)
+    if family == "bailing_hybrid":  # Kimi Delta Attention + multi-head latent attention, experts
+        # (key/value heads as many as query heads, one expert group: otherwise shape errors)
+        return T.BailingHybridConfig(num_hidden_layers=2, layer_types=["linear_attention", "full_attention"],
+                                     head_dim=16, kv_lora_rank=16, qk_rope_head_dim=8, v_head_dim=16,
+                                     qk_nope_head_dim=8, num_local_experts=2, num_experts_per_tok=1,
+                                     moe_intermediate_size=64, first_k_dense_replace=1, n_group=1, topk_group=1,
+                                     max_position_embeddings=4096, **{**attn, "num_key_value_heads": 4}, **common)
+    if family == "zaya":  # layers that are a recurrent mixer and attention at once, experts
+        return T.ZayaConfig(num_hidden_layers=2, head_dim=16, num_experts=2, num_experts_per_tok=1,
+                            moe_intermediate_size=64, max_position_embeddings=4096, num_attention_heads=4,
+                            num_key_value_heads=2, **common)
+    if family == "minimax":  # lightning (linear) attention + softmax attention, experts; a cache of its own
+        return T.MiniMaxConfig(num_hidden_layers=2, layer_types=["linear_attention", "full_attention"], head_dim=16,
+                               num_local_experts=2, num_experts_per_tok=1, block_size=16,
+                               max_position_embeddings=4096, **attn, **common)
     if family == "recurrent_gemma":
         return T.RecurrentGemmaConfig(num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=1,
                                       intermediate_size=128, lru_width=64, attention_window_size=64,

@@ -42,7 +42,7 @@ SHRINKABLE = {"llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_t
 # Each is tested on a tiny checkpoint (tests/test_hf_backend.py): chunks give one pass's answers and logits.
 RECURRENT_FAMILIES = {"mamba", "falcon_mamba", "mamba2", "rwkv", "rwkv6", "bamba", "zamba2", "falcon_h1",
                       "nemotron_h", "recurrent_gemma", "jamba", "granitemoehybrid", "qwen3_next", "qwen3_5_text",
-                      "olmo_hybrid", "kimi_linear", "lfm2", "lfm2_moe"}
+                      "olmo_hybrid", "kimi_linear", "lfm2", "lfm2_moe", "lfm3", "zamba", "bailing_hybrid", "zaya"}
 # Every prompt of a STATEFUL_FAMILIES model runs through stateful.py's loop: transformers cannot
 # chunk their prefill, and `generate` lets padding into RecurrentGemma (its convolution ignores
 # the attention mask; the test shows the logits move). The loop pads only PADDED_IN_LOOP families,
@@ -51,6 +51,13 @@ RECURRENT_FAMILIES = {"mamba", "falcon_mamba", "mamba2", "rwkv", "rwkv6", "bamba
 # prompts of the same length, and so is any model with a bias before a Mamba convolution
 # (`_input_bias_reaches_convolution`), in the loop or not.
 DEFAULT_CHUNK = 2048
+# transformers families whose cached state takes in left padding although `generate` masks it
+# (a test shows a padded row's next decoded logits move): batched only with equal lengths.
+# MiniMax's lightning attention keeps the padding in the state it hands a decode step.
+PADDING_LEAKS = {"minimax"}
+# Families transformers cannot prefill in chunks, with the reason (a test shows it): one pass only.
+UNCHUNKABLE = {"minimax": "transformers' MiniMax gives other last-position logits when its prompt is prefilled in "
+                          "chunks (measured: up to 3e-3 on a tiny checkpoint), so it runs in one pass"}
 
 
 class HFModel:
@@ -90,7 +97,7 @@ class HFModel:
             raise UsageError(f"chat_template requested but {name}'s tokenizer has none")
         self.max_context, self.train_context = max_context, train_context
         self._shrinks = family in SHRINKABLE
-        leaks = _input_bias_reaches_convolution(model)
+        leaks = family in PADDING_LEAKS or _input_bias_reaches_convolution(model)
         self._in_loop = family in STATEFUL_FAMILIES
         self._loop_pads = family in PADDED_IN_LOOP and getattr(model, "takes_padding", True) and not leaks
         # Whether prompts of different lengths may share a batch, left-padded.
@@ -100,6 +107,8 @@ class HFModel:
                              f"not {prefill_chunk!r}")
         if prefill_chunk == -1:  # auto
             prefill_chunk = DEFAULT_CHUNK if family in RECURRENT_FAMILIES else None
+        if prefill_chunk and family in UNCHUNKABLE:
+            raise UsageError(f"prefill_chunk: {UNCHUNKABLE[family]}; leave prefill_chunk unset or 0")
         self.prefill_chunk = int(prefill_chunk) if prefill_chunk else None
         gen = getattr(model, "generation_config", None)
         eos = gen.eos_token_id if gen is not None and gen.eos_token_id is not None else tokenizer.hf.eos_token_id
