@@ -140,9 +140,28 @@ def test_chunked_prefill_gives_one_pass_logits(family, chunk, checkpoints):
 def test_hybrids_batched_through_generate_give_each_prompt_alone_logits(family, checkpoints, monkeypatch):
     """The hybrids go through transformers' `generate`, left-padded (but those in PADDING_LEAKS,
     one prompt length per batch) and prefilled in chunks (`prefill_chunk_size`; Jamba's Mamba
-    layers under scan_carry; MiniMax's cache of its own): every row's logits, at the prompt's end
-    and after each decoded token, are those of its prompt alone in one uncached pass."""
-    model = load_model("hf", path=str(checkpoints[family]), prefill_chunk=16, batch_size=4)
+    layers under scan_carry): every row's logits, at the prompt's end and after each decoded
+    token, are those of its prompt alone in one uncached pass."""
+    assert_generate_rows_equal_alone(load_model("hf", path=str(checkpoints[family]), prefill_chunk=16, batch_size=4),
+                                     monkeypatch)
+
+
+def test_qwen3_5_moe_with_its_tokenizer_given_apart_batches_through_generate_as_alone(tmp_path, bpe, monkeypatch):
+    """Qwen3.5-MoE's text model (Gated DeltaNet + attention, experts), its tokenizer from a folder
+    of its own (beside its config.json transformers would build a Qwen3.5 tokenizer over the test
+    vocabulary: tests/tiny_models.py): chunked by default, and as the other hybrids above."""
+    folder = make_checkpoint("qwen3_5_moe_text", tmp_path / "qwen3_5_moe", bpe)
+    bpe.hf.save_pretrained(tmp_path / "tokenizer")
+    assert load_model("hf", path=str(folder), tokenizer=str(tmp_path / "tokenizer")).prefill_chunk == 2048
+    model = load_model("hf", path=str(folder), tokenizer=str(tmp_path / "tokenizer"), prefill_chunk=16, batch_size=4)
+    assert model.family == "qwen3_5_moe_text"
+    assert_generate_rows_equal_alone(model, monkeypatch)
+
+
+def assert_generate_rows_equal_alone(model, monkeypatch) -> None:
+    """Four prompts of 20 to 50 random tokens through the backend (prefill chunk 16, batch 4):
+    every `generate` call's rows, at the prompt's end and after each decoded token, have the
+    logits of the row's prompt alone in one uncached pass."""
     net, calls = model.model, []
     inner = net.generate
 
@@ -155,7 +174,7 @@ def test_hybrids_batched_through_generate_give_each_prompt_alone_logits(family, 
     gen = torch.Generator().manual_seed(5)
     prompts = [torch.randint(5, net.config.vocab_size, (n,), generator=gen).tolist() for n in (50, 47, 35, 20)]
     model.generate([model.tokenizer.decode(p) for p in prompts], GenParams(max_new_tokens=3))
-    if family in PADDING_LEAKS:  # a batch per prompt, unpadded
+    if model.family in PADDING_LEAKS:  # a batch per prompt, unpadded
         assert len(calls) == 4 and all(bool(mask.all()) for _, mask, _ in calls)
     else:  # one padded batch
         assert len(calls) == 1 and len(set(calls[0][1].sum(1).tolist())) > 1

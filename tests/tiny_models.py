@@ -10,9 +10,9 @@ FAMILIES = ["llama", "gemma3_text", "gemma2", "mamba", "falcon_mamba", "mamba2",
             "kimi_linear", "lfm2", "lfm2_moe", "lfm3", "zamba", "bailing_hybrid", "zaya", "minimax",
             "recurrent_gemma", "rwkv",
             # the other attention decoders the hf backend batches continuously (hf.SHRINKABLE)
-            # (not qwen2: with its model type in the folder, transformers loads the tokenizer as a
-            # Qwen2Tokenizer, which re-splits our test vocabulary and adds a pad token past it;
-            # test_hf_backend.py runs it with the tokenizer given apart)
+            # (not qwen2 and qwen3_5_moe_text: with their model type in the folder, transformers
+            # loads the tokenizer as its own Qwen class, which re-splits our test vocabulary and
+            # adds a pad token past it; test_hf_backend.py runs them with the tokenizer given apart)
             "mistral", "qwen3", "gemma", "phi3", "olmo", "olmo2", "granite", "smollm3", "starcoder2"]
 # Sliding-window attention (Gemma 3: local layers and a global one; Gemma 2: also soft-capped
 # scores) with a window far shorter than the test prompts, so the window changes the answers.
@@ -95,6 +95,10 @@ def tiny_config(family: str, vocab: int):
                                  **delta, **attn, **common)
     if family == "qwen3_5_text":  # (a Qwen3.5 checkpoint, multimodal, loads as this text model)
         return T.Qwen3_5TextConfig(num_hidden_layers=2, head_dim=16, **delta, **attn, **common)
+    if family == "qwen3_5_moe_text":  # (not in FAMILIES, as qwen2: see there)
+        return T.Qwen3_5MoeTextConfig(num_hidden_layers=2, head_dim=16, num_experts=2, num_experts_per_tok=1,
+                                      moe_intermediate_size=64, shared_expert_intermediate_size=64,
+                                      **delta, **attn, **common)
     if family == "olmo_hybrid":
         return T.OlmoHybridConfig(num_hidden_layers=2, **delta, **attn, **common)
     if family == "kimi_linear":  # Kimi Delta Attention + multi-head latent attention, experts

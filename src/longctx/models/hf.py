@@ -42,7 +42,8 @@ SHRINKABLE = {"llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_t
 # Each is tested on a tiny checkpoint (tests/test_hf_backend.py): chunks give one pass's answers and logits.
 RECURRENT_FAMILIES = {"mamba", "falcon_mamba", "mamba2", "rwkv", "rwkv6", "bamba", "zamba2", "falcon_h1",
                       "nemotron_h", "recurrent_gemma", "jamba", "granitemoehybrid", "qwen3_next", "qwen3_5_text",
-                      "olmo_hybrid", "kimi_linear", "lfm2", "lfm2_moe", "lfm3", "zamba", "bailing_hybrid", "zaya"}
+                      "olmo_hybrid", "kimi_linear", "lfm2", "lfm2_moe", "lfm3", "zamba", "bailing_hybrid", "zaya",
+                      "qwen3_5_moe_text"}
 # Every prompt of a STATEFUL_FAMILIES model runs through stateful.py's loop: transformers cannot
 # chunk their prefill, and `generate` lets padding into RecurrentGemma (its convolution ignores
 # the attention mask; the test shows the logits move). The loop pads only PADDED_IN_LOOP families,
