@@ -151,6 +151,24 @@ def test_the_key_is_not_kept_on_the_adapter(server, monkeypatch):
     assert SECRET not in repr(vars(m))
 
 
+def test_extra_body_adds_the_servers_own_parameters_but_never_ours(server):
+    from longctx.models.openai_api import OWN_FIELDS
+
+    pins = {"repeat_penalty": 1.0, "top_k": 1}
+    for endpoint in ("completions", "chat"):
+        got = model(server, endpoint=endpoint, extra_body=pins).generate(["p"], GenParams(5, stop=("zz",)))
+        body = server.requests[-1]["body"]
+        assert got[0].ok and body["repeat_penalty"] == 1.0 and body["top_k"] == 1 and body["temperature"] == 0
+        assert set(body) - set(pins) <= OWN_FIELDS  # what longctx sets itself is all in OWN_FIELDS
+    model(server).generate(["p"], GenParams(5))
+    assert set(server.requests[-1]["body"]) == {"model", "prompt", "max_tokens", "temperature"}  # none by default
+    for clash in ({"temperature": 0.7}, {"max_tokens": 10_000}, {"model": "other", "top_k": 1}):
+        with pytest.raises(UsageError, match="extra_body cannot set"):
+            model(server, extra_body=clash)
+    with pytest.raises(UsageError, match="extra_body must be dict"):
+        model(server, extra_body="top_k=1")
+
+
 def test_bad_options_are_usage_errors(server):
     with pytest.raises(UsageError, match="endpoint"):
         model(server, endpoint="embeddings")

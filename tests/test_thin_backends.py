@@ -1,5 +1,6 @@
 """vLLM and llama-cpp-python are optional: their request/response mapping is tested here with
-stand-ins that record what they are asked, and llama.cpp also for real when it is installed."""
+stand-ins that record what they are asked, and llama.cpp also for real when it is installed
+(and, with its server's packages, the openai backend against llama.cpp's OpenAI-compatible server)."""
 
 import importlib.util
 import sys
@@ -46,7 +47,8 @@ def test_vllm_gets_token_ids_and_greedy_params(monkeypatch, smol):
     got = m.generate(prompts, GenParams(8, stop=("\n",)))
     _, sent, sampling = fake.calls[1]
     assert sent == [{"prompt_token_ids": smol.encode(prompts[0])}]  # the over-budget one is not sent
-    assert sampling.kwargs | {"stop": None} == {"temperature": 0.0, "top_p": 1.0, "top_k": -1, "max_tokens": 8,
+    assert sampling.kwargs | {"stop": None} == {"temperature": 0.0, "top_p": 1.0, "top_k": -1, "repetition_penalty": 1.0,
+                                                "presence_penalty": 0.0, "frequency_penalty": 0.0, "max_tokens": 8,
                                                 "stop": None, "skip_special_tokens": True, "seed": 0}
     assert sampling.kwargs["stop"] == ["\n"]
     assert got[0].ok and got[0].text == f"out{smol.count(prompts[0])}" and got[0].output_tokens == 2
@@ -104,6 +106,67 @@ def test_llama_cpp_runs_smollm2_and_counts_like_the_fitting_tokenizer(smol):
     (got,) = m.generate([prompt], GenParams(12))
     assert got.prompt_tokens == smol.count(prompt)
     assert "4821937" in got.text
+
+
+LLAMA_SERVER_MODULES = ("llama_cpp", "fastapi", "uvicorn", "sse_starlette", "pydantic_settings", "starlette_context")
+
+
+@pytest.fixture
+def llama_server(tmp_path):
+    """llama-cpp-python's OpenAI-compatible server on SmolLM2's GGUF, on a free local port."""
+    import socket
+    import subprocess
+    import time
+
+    import httpx
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = open(tmp_path / "server.log", "w")  # a pipe left unread would fill up and stall the server
+    proc = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(default_tokenizer()),
+                             "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048"], stdout=log, stderr=log)
+    url = f"http://127.0.0.1:{port}/v1"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None, (tmp_path / "server.log").read_text()[-2000:]
+            try:
+                if httpx.get(url + "/models").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "llama.cpp's server did not come up in 120 s"
+            time.sleep(0.5)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        log.close()
+
+
+@pytest.mark.skipif(any(importlib.util.find_spec(m) is None for m in LLAMA_SERVER_MODULES),
+                    reason="needs llama-cpp-python and its server's packages (pip install 'llama-cpp-python[server]')")
+def test_openai_backend_on_llama_cpp_server_equals_the_gguf_backend_once_its_penalty_is_off(llama_server, smol):
+    """A real OpenAI-compatible server: llama-cpp-python's, on the same GGUF as the gguf backend.
+    With its repeat penalty pinned off (extra_body), the completions endpoint gives the gguf
+    backend's greedy answers and prompt token counts; with temperature 0 alone, the server's
+    default penalty (1.1) changes an answer."""
+    essay = ("A special magic number is hidden within the following text. " + "The grass is green. " * 40
+             + "One of the special magic numbers for lucky-cat is: 4821937. " + "The sky is blue. " * 40
+             + "What is the special magic number for lucky-cat mentioned in the provided text? "
+             + "The special magic number for lucky-cat mentioned in the provided text is")
+    prompts = [essay, essay[:300], "The grass is green. The sky is blue. " * 12 + "Repeat the first sentence:"]
+    params = GenParams(12)
+    local = load_model("gguf", path=str(default_tokenizer()), n_ctx=2048).generate(prompts, params)
+    options = dict(base_url=llama_server, model="smollm2", tokenizer=str(default_tokenizer()), max_context=2048)
+    pinned = load_model("openai", extra_body={"repeat_penalty": 1.0, "top_k": 1}, **options).generate(prompts, params)
+    plain = load_model("openai", **options).generate(prompts, params)
+    assert all(c.ok for c in local + pinned + plain)
+    assert [c.text for c in pinned] == [c.text for c in local]
+    assert [c.prompt_tokens for c in pinned] == [c.prompt_tokens for c in local] == [smol.count(p) for p in prompts]
+    assert "4821937" in pinned[0].text
+    assert [c.text for c in plain] != [c.text for c in local]
 
 
 def test_models_command_lists_backends_and_the_study_checkpoints(capsys):

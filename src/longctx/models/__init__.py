@@ -89,12 +89,12 @@ def check_options(backend: str, options: dict):
     return cls
 
 
-_SIMPLE_TYPES = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,)}
+_SIMPLE_TYPES = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,), "dict": (dict,)}
 
 
 def _wrong_type(name: str, value, annotation) -> str | None:
     """What is wrong with an option's value against its annotation, when the annotation is made
-    of int, float, str, bool and None (the backends' annotations are strings: postponed); None
+    of int, float, str, bool, dict and None (the backends' annotations are strings: postponed); None
     when it fits or the annotation says more than that. A bool is no number here (YAML's `yes`)."""
     if not isinstance(annotation, str):
         return None

@@ -6,6 +6,14 @@ Greedy (temperature 0). Requests run concurrently up to `concurrency`; transient
 jitter, honouring a 429's Retry-After; whatever still fails becomes a failed row with its reason.
 The API key is read from the environment variable named by `api_key_env` at request time and is
 never stored on the adapter, written to disk, or put in an error message.
+
+Temperature 0 is all the OpenAI API defines, but servers apply sampling defaults of their own on
+top of it: llama-cpp-python's server penalises repeats (`repeat_penalty` 1.1), and vLLM takes a
+`repetition_penalty` from the model's generation_config.json. Such a penalty changes greedy
+decoding's answers (a test shows it on llama.cpp's server). `extra_body` adds the server's own
+parameters to every request to switch them off, e.g. `{repeat_penalty: 1.0, top_k: 1}` for
+llama.cpp or `{repetition_penalty: 1.0}` for vLLM; a hosted API that refuses unknown fields gets
+none by default.
 """
 
 from __future__ import annotations
@@ -24,6 +32,8 @@ from .base import Completion, GenParams, cut_at_stop, failed, over_budget
 
 RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
 MAX_RETRY_AFTER = 300.0  # seconds; a server asking for longer is treated as down
+# The request fields longctx sets itself (`request_body`); `extra_body` may not override them.
+OWN_FIELDS = {"model", "prompt", "messages", "max_tokens", "temperature", "stop"}
 
 
 class OpenAIModel:
@@ -34,11 +44,15 @@ class OpenAIModel:
     def __init__(self, base_url: str, model: str, endpoint: str = "completions", api_key_env: str = "OPENAI_API_KEY",
                  tokenizer: str | None = None, max_context: int | None = None, concurrency: int = 4,
                  max_retries: int = 5, timeout: float = 120.0, backoff: float = 1.0, max_backoff: float = 60.0,
-                 name: str | None = None):
+                 extra_body: dict | None = None, name: str | None = None):
         import httpx
 
         if endpoint not in ("completions", "chat"):
             raise UsageError(f"endpoint must be 'completions' or 'chat', not {endpoint!r}")
+        if clash := sorted(OWN_FIELDS & set(extra_body or {})):
+            raise UsageError(f"extra_body cannot set {', '.join(clash)}: longctx sets it (greedy decoding of "
+                             "the sample's prompt within its token budget)")
+        self.extra_body = dict(extra_body or {})
         if concurrency < 1 or max_retries < 0 or timeout <= 0:
             raise UsageError("concurrency must be >= 1, max_retries >= 0 and timeout > 0")
         self.name = name or model
@@ -57,7 +71,7 @@ class OpenAIModel:
             return list(pool.map(lambda p: self._one(p, params), prompts))
 
     def request_body(self, prompt: str, params: GenParams) -> dict:
-        body: dict = {"model": self.model, "max_tokens": params.max_new_tokens, "temperature": 0.0}
+        body: dict = {**self.extra_body, "model": self.model, "max_tokens": params.max_new_tokens, "temperature": 0.0}
         if self.endpoint == "chat":
             body["messages"] = [{"role": "user", "content": prompt}]
         else:

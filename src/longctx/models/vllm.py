@@ -32,8 +32,12 @@ class VLLMModel:
 
     @staticmethod
     def sampling_kwargs(params: GenParams) -> dict:
-        return {"temperature": 0.0, "top_p": 1.0, "top_k": -1, "max_tokens": params.max_new_tokens,
-                "stop": list(params.stop) or None, "skip_special_tokens": True, "seed": 0}
+        # Greedy, every penalty spelled out: vLLM's server takes a repetition_penalty from the model's
+        # generation_config.json; the offline engine does not for SamplingParams built here, and
+        # pinning it keeps it so whatever vLLM's defaults become.
+        return {"temperature": 0.0, "top_p": 1.0, "top_k": -1, "repetition_penalty": 1.0, "presence_penalty": 0.0,
+                "frequency_penalty": 0.0, "max_tokens": params.max_new_tokens, "stop": list(params.stop) or None,
+                "skip_special_tokens": True, "seed": 0}
 
     def generate(self, prompts: Sequence[str], params: GenParams) -> list[Completion]:
         from vllm import SamplingParams
