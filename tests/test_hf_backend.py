@@ -449,6 +449,34 @@ def test_over_budget_is_a_failed_row_never_a_truncation(checkpoints, bpe):
     assert got[1].ok
 
 
+@pytest.mark.parametrize("family, options", [("llama", {"prefill_chunk": 16}), ("bamba", {}), ("gemma2", {}),
+                                             ("mamba2", {}), ("llama", {})])
+def test_greedy_on_every_path_ignores_the_checkpoints_decoding_settings(family, options, checkpoints, bpe, tmp_path):
+    """A checkpoint's generation_config.json may set a repetition penalty, banned n-grams or
+    suppressed tokens, which transformers' `generate` would apply. Every path of the backend
+    (`generate` for chunked prompts and hybrids, the shrinking fixed batches of Gemma 2, the
+    stateful loop, continuous batching) decodes the argmax: the same text as the checkpoint
+    without them, and as the naive loop on it, while the naive loop on the folder that has them
+    gives other text."""
+    import shutil
+
+    prompts = ["hello world " * 7, "one two three four " * 10, "The grass is green. " * 6]
+    plain = load_model("hf", path=str(checkpoints[family]), batch_size=4, **options)
+    with torch.no_grad():  # suppressing each answer's first token surely changes `generate`'s answers
+        firsts = [int(plain.model(torch.tensor([bpe.encode(p)])).logits[0, -1].argmax()) for p in prompts]
+    folder = tmp_path / family
+    shutil.copytree(checkpoints[family], folder)
+    settings = json.loads((folder / "generation_config.json").read_text())
+    settings.update(repetition_penalty=3.0, no_repeat_ngram_size=2, suppress_tokens=firsts, min_new_tokens=8)
+    (folder / "generation_config.json").write_text(json.dumps(settings))
+    loaded = load_model("hf", path=str(folder), batch_size=4, **options)
+    assert loaded.model.generation_config.repetition_penalty == 3.0
+    want = [naive(plain.model, bpe, p, 12) for p in prompts]
+    assert [c.text for c in loaded.generate(prompts, GenParams(12))] == want
+    assert [naive(loaded.model, bpe, p, 12) for p in prompts] != want  # the settings do change `generate`
+    assert loaded.model.generation_config.repetition_penalty == 3.0  # the model's own config is back
+
+
 def test_stop_strings_cut_the_text(checkpoints):
     model = load_model("hf", path=str(checkpoints["llama"]))
     full = model.generate(PROMPTS[:1], GenParams(max_new_tokens=8))[0].text

@@ -199,11 +199,39 @@ class HFModel:
             from transformers import DynamicCache
 
             extra = {"prefill_chunk_size": self.prefill_chunk, "past_key_values": DynamicCache(config=self.model.config)}
-        with scans_carry_state(self.model) if chunked else contextlib.nullcontext():  # Jamba's Mamba layers
+        with (scans_carry_state(self.model) if chunked else contextlib.nullcontext(),  # Jamba's Mamba layers
+              _argmax_generation_config(self.model)):
             out = self.model.generate(ids, attention_mask=mask, max_new_tokens=max_new, do_sample=False,
                                       num_beams=1, pad_token_id=self.pad_id, eos_token_id=sorted(self.eos_ids),
                                       top_k=None, top_p=None, temperature=None, **extra)[:, width:]
         return [_until_eos(row.tolist(), self.eos_ids) for row in out]
+
+
+# The fields of a checkpoint's generation_config.json that `generate` may still take: token ids
+# and cache settings. Every other field (repetition_penalty, no_repeat_ngram_size,
+# suppress_tokens, min_new_tokens, sampling...) stays at transformers' default, so `generate`
+# decodes the argmax as our own loops do. (transformers fills every field a call leaves unset
+# from the checkpoint's file: Qwen2.5-Instruct's, for one, sets repetition_penalty 1.05.)
+KEPT_GENERATION_FIELDS = ("bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id",
+                          "cache_implementation", "cache_config", "max_cache_len", "use_cache")
+
+
+@contextmanager
+def _argmax_generation_config(model):
+    """While `generate` runs, the model's generation_config is transformers' default but for
+    KEPT_GENERATION_FIELDS."""
+    from transformers import GenerationConfig
+
+    own = getattr(model, "generation_config", None)
+    if own is None:
+        yield
+        return
+    model.generation_config = GenerationConfig(**{k: getattr(own, k) for k in KEPT_GENERATION_FIELDS
+                                                  if getattr(own, k, None) is not None})
+    try:
+        yield
+    finally:
+        model.generation_config = own
 
 
 def _input_bias_reaches_convolution(model) -> bool:
