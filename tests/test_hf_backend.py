@@ -460,8 +460,14 @@ def test_greedy_on_every_path_ignores_the_checkpoints_decoding_settings(family, 
     gives other text."""
     import shutil
 
+    import warnings
+
+    from longctx.models.hf import IgnoredGenerationSettingsWarning
+
     prompts = ["hello world " * 7, "one two three four " * 10, "The grass is green. " * 6]
-    plain = load_model("hf", path=str(checkpoints[family]), batch_size=4, **options)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", IgnoredGenerationSettingsWarning)  # none without such settings
+        plain = load_model("hf", path=str(checkpoints[family]), batch_size=4, **options)
     with torch.no_grad():  # suppressing each answer's first token surely changes `generate`'s answers
         firsts = [int(plain.model(torch.tensor([bpe.encode(p)])).logits[0, -1].argmax()) for p in prompts]
     folder = tmp_path / family
@@ -469,7 +475,8 @@ def test_greedy_on_every_path_ignores_the_checkpoints_decoding_settings(family, 
     settings = json.loads((folder / "generation_config.json").read_text())
     settings.update(repetition_penalty=3.0, no_repeat_ngram_size=2, suppress_tokens=firsts, min_new_tokens=8)
     (folder / "generation_config.json").write_text(json.dumps(settings))
-    loaded = load_model("hf", path=str(folder), batch_size=4, **options)
+    with pytest.warns(IgnoredGenerationSettingsWarning, match="repetition_penalty=3.0, no_repeat_ngram_size=2"):
+        loaded = load_model("hf", path=str(folder), batch_size=4, **options)
     assert loaded.model.generation_config.repetition_penalty == 3.0
     want = [naive(plain.model, bpe, p, 12) for p in prompts]
     assert [c.text for c in loaded.generate(prompts, GenParams(12))] == want

@@ -92,6 +92,7 @@ class HFModel:
                 chat_template: bool, max_context: int | None, train_context: int | None) -> None:
         """Everything after loading, shared with backends that build their own module (mamba_ssm)."""
         self.model = model.to(self.device).eval()
+        _warn_of_ignored_generation_settings(model, name)
         self.family, self.tokenizer, self.name, self.batch_size = family, tokenizer, name, batch_size
         self.model_template = "chat" if chat_template else "base"
         if chat_template and not tokenizer.chat_template:
@@ -214,6 +215,32 @@ class HFModel:
 # from the checkpoint's file: Qwen2.5-Instruct's, for one, sets repetition_penalty 1.05.)
 KEPT_GENERATION_FIELDS = ("bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id",
                           "cache_implementation", "cache_config", "max_cache_len", "use_cache")
+
+
+# Settings of a checkpoint's generation_config.json that would change greedy decoding's tokens
+# (sampling settings need no mention: greedy decoding is what the study measures).
+GREEDY_CHANGING_FIELDS = {"repetition_penalty": 1.0, "no_repeat_ngram_size": 0, "min_length": 0, "min_new_tokens": None,
+                          "suppress_tokens": None, "begin_suppress_tokens": None, "bad_words_ids": None,
+                          "sequence_bias": None, "forced_bos_token_id": None, "forced_eos_token_id": None,
+                          "exponential_decay_length_penalty": None}
+
+
+class IgnoredGenerationSettingsWarning(UserWarning):
+    """A checkpoint's generation_config.json asks for settings that greedy decoding leaves out."""
+
+
+def _warn_of_ignored_generation_settings(model, name: str) -> None:
+    """Say once, at load, which of the checkpoint's own decoding settings longctx does not apply
+    (RULER's hf path, through `generate`, would)."""
+    import warnings
+
+    own = getattr(model, "generation_config", None)
+    ignored = {k: getattr(own, k, v) for k, v in GREEDY_CHANGING_FIELDS.items()
+               if own is not None and getattr(own, k, v) not in (v, None, [])}
+    if ignored:
+        settings = ", ".join(f"{k}={v!r}" for k, v in ignored.items())
+        warnings.warn(f"{name}: its generation_config.json sets {settings}; longctx decodes greedily without "
+                      "them (docs/ruler-differences.md, #19)", IgnoredGenerationSettingsWarning, stacklevel=3)
 
 
 @contextmanager
