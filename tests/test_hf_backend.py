@@ -45,6 +45,22 @@ def left_padded_pair(tokenizer):
     return torch.tensor([long, [2] * pad + short]), mask, (mask.cumsum(-1) - 1).clamp(min=0), short, pad
 
 
+def padded_and_alone_logits(net, tokenizer):
+    """The short prompt of `left_padded_pair` left-padded in a batch and alone, then one cached
+    decode step of token 5 after each: (padded row's logits over its own positions, alone ones,
+    padded row's step logits, alone step logits)."""
+    ids, mask, positions, short, pad = left_padded_pair(tokenizer)
+    with torch.no_grad():
+        padded = net(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
+        alone = net(input_ids=torch.tensor([short]), use_cache=True)
+        padded_step = net(input_ids=torch.tensor([[5], [5]]), past_key_values=padded.past_key_values, use_cache=True,
+                          attention_mask=torch.cat([mask, torch.ones(2, 1, dtype=mask.dtype)], 1),
+                          position_ids=positions[:, -1:] + 1)
+        alone_step = net(input_ids=torch.tensor([[5]]), past_key_values=alone.past_key_values, use_cache=True,
+                         position_ids=torch.tensor([[len(short)]]))
+    return padded.logits[1, pad:], alone.logits[0], padded_step.logits[1], alone_step.logits[0]
+
+
 def end_token_splitting_answers(model, tokenizer, prompts: list[str], max_new: int) -> int:
     """A token that, made an end token, ends the naive answers to `prompts` after different
     numbers of tokens (the first that does, in the order the answers use them)."""
@@ -203,18 +219,10 @@ def test_minimax_lightning_attention_state_takes_in_left_padding(checkpoints, bp
     """Why MiniMax is never padded (hf.PADDING_LEAKS): with a left-padded prompt, transformers
     masks the padding out of the prompt's own logits, but the lightning attention's state that
     the next decode step reads has taken it in."""
-    net = load_model("hf", path=str(checkpoints["minimax"])).model
-    ids, mask, positions, short, pad = left_padded_pair(bpe)
-    with torch.no_grad():
-        padded = net(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
-        alone = net(input_ids=torch.tensor([short]), use_cache=True)
-        padded_step = net(input_ids=torch.tensor([[5], [5]]), past_key_values=padded.past_key_values, use_cache=True,
-                          attention_mask=torch.cat([mask, torch.ones(2, 1, dtype=mask.dtype)], 1),
-                          position_ids=positions[:, -1:] + 1)
-        alone_step = net(input_ids=torch.tensor([[5]]), past_key_values=alone.past_key_values, use_cache=True,
-                         position_ids=torch.tensor([[len(short)]]))
-    torch.testing.assert_close(padded.logits[1, pad:], alone.logits[0], atol=1e-4, rtol=1e-4)
-    assert float((padded_step.logits[1] - alone_step.logits[0]).abs().max()) > 1e-3
+    padded, alone, padded_step, alone_step = padded_and_alone_logits(
+        load_model("hf", path=str(checkpoints["minimax"])).model, bpe)
+    torch.testing.assert_close(padded, alone, atol=1e-4, rtol=1e-4)
+    assert float((padded_step - alone_step).abs().max()) > 1e-3
 
 
 def test_minimax_refuses_chunked_prefill_and_its_one_pass_equals_alone(checkpoints):
@@ -245,18 +253,10 @@ def test_left_padding_leaves_the_logits_of_the_families_generate_pads(family, ch
     """The families that go through transformers' `generate` with left padding (all but the
     stateful loop's): the attention mask keeps the padding out of a row, so its logits are the
     prompt's alone, for a whole prompt and for a decode step after it."""
-    net = load_model("hf", path=str(checkpoints[family])).model
-    ids, mask, positions, short, pad = left_padded_pair(bpe)
-    with torch.no_grad():
-        padded = net(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
-        alone = net(input_ids=torch.tensor([short]), use_cache=True)
-        step = dict(input_ids=torch.tensor([[5]]), use_cache=True)
-        padded_step = net(**{**step, "input_ids": torch.tensor([[5], [5]])}, past_key_values=padded.past_key_values,
-                          attention_mask=torch.cat([mask, torch.ones(2, 1, dtype=mask.dtype)], 1),
-                          position_ids=positions[:, -1:] + 1)
-        alone_step = net(**step, past_key_values=alone.past_key_values, position_ids=torch.tensor([[len(short)]]))
-    torch.testing.assert_close(padded.logits[1, pad:], alone.logits[0], atol=1e-4, rtol=1e-4)
-    torch.testing.assert_close(padded_step.logits[1], alone_step.logits[0], atol=1e-4, rtol=1e-4)
+    padded, alone, padded_step, alone_step = padded_and_alone_logits(
+        load_model("hf", path=str(checkpoints[family])).model, bpe)
+    torch.testing.assert_close(padded, alone, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(padded_step, alone_step, atol=1e-4, rtol=1e-4)
 
 
 @pytest.mark.parametrize("family, flag", [("mamba", "use_bias"), ("falcon_mamba", "use_bias"), ("mamba2", "use_bias"),
@@ -459,7 +459,6 @@ def test_greedy_on_every_path_ignores_the_checkpoints_decoding_settings(family, 
     without them, and as the naive loop on it, while the naive loop on the folder that has them
     gives other text."""
     import shutil
-
     import warnings
 
     from longctx.models.hf import IgnoredGenerationSettingsWarning

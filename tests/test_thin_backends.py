@@ -95,16 +95,19 @@ def test_llama_cpp_mapping(monkeypatch, smol):
         load_model("gguf", path="/tmp")
 
 
+# A 7-digit needle in a short noise haystack, which SmolLM2 retrieves.
+NEEDLE_PROMPT = ("A special magic number is hidden within the following text. " + "The grass is green. " * 40
+                 + "One of the special magic numbers for lucky-cat is: 4821937. " + "The sky is blue. " * 40
+                 + "What is the special magic number for lucky-cat mentioned in the provided text? "
+                 + "The special magic number for lucky-cat mentioned in the provided text is")
+
+
 @pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None,
                     reason="llama-cpp-python not installed (optional extra: pip install 'longctx[gguf]')")
 def test_llama_cpp_runs_smollm2_and_counts_like_the_fitting_tokenizer(smol):
     m = load_model("gguf", path=str(default_tokenizer()), n_ctx=2048)
-    prompt = ("A special magic number is hidden within the following text. " + "The grass is green. " * 40
-              + "One of the special magic numbers for lucky-cat is: 4821937. " + "The sky is blue. " * 40
-              + "What is the special magic number for lucky-cat mentioned in the provided text? "
-              + "The special magic number for lucky-cat mentioned in the provided text is")
-    (got,) = m.generate([prompt], GenParams(12))
-    assert got.prompt_tokens == smol.count(prompt)
+    (got,) = m.generate([NEEDLE_PROMPT], GenParams(12))
+    assert got.prompt_tokens == smol.count(NEEDLE_PROMPT)
     assert "4821937" in got.text
 
 
@@ -152,11 +155,7 @@ def test_openai_backend_on_llama_cpp_server_equals_the_gguf_backend_once_its_pen
     With its repeat penalty pinned off (extra_body), the completions endpoint gives the gguf
     backend's greedy answers and prompt token counts; with temperature 0 alone, the server's
     default penalty (1.1) changes an answer."""
-    essay = ("A special magic number is hidden within the following text. " + "The grass is green. " * 40
-             + "One of the special magic numbers for lucky-cat is: 4821937. " + "The sky is blue. " * 40
-             + "What is the special magic number for lucky-cat mentioned in the provided text? "
-             + "The special magic number for lucky-cat mentioned in the provided text is")
-    prompts = [essay, essay[:300], "The grass is green. The sky is blue. " * 12 + "Repeat the first sentence:"]
+    prompts = [NEEDLE_PROMPT, NEEDLE_PROMPT[:300], "The grass is green. The sky is blue. " * 12 + "Repeat the first sentence:"]
     params = GenParams(12)
     local = load_model("gguf", path=str(default_tokenizer()), n_ctx=2048).generate(prompts, params)
     options = dict(base_url=llama_server, model="smollm2", tokenizer=str(default_tokenizer()), max_context=2048)

@@ -219,10 +219,9 @@ KEPT_GENERATION_FIELDS = ("bos_token_id", "eos_token_id", "pad_token_id", "decod
 
 # Settings of a checkpoint's generation_config.json that would change greedy decoding's tokens
 # (sampling settings need no mention: greedy decoding is what the study measures).
-GREEDY_CHANGING_FIELDS = {"repetition_penalty": 1.0, "no_repeat_ngram_size": 0, "min_length": 0, "min_new_tokens": None,
-                          "suppress_tokens": None, "begin_suppress_tokens": None, "bad_words_ids": None,
-                          "sequence_bias": None, "forced_bos_token_id": None, "forced_eos_token_id": None,
-                          "exponential_decay_length_penalty": None}
+GREEDY_CHANGING_FIELDS = ("repetition_penalty", "no_repeat_ngram_size", "min_length", "min_new_tokens",
+                          "suppress_tokens", "begin_suppress_tokens", "bad_words_ids", "sequence_bias",
+                          "forced_bos_token_id", "forced_eos_token_id", "exponential_decay_length_penalty")
 
 
 class IgnoredGenerationSettingsWarning(UserWarning):
@@ -234,9 +233,14 @@ def _warn_of_ignored_generation_settings(model, name: str) -> None:
     (RULER's hf path, through `generate`, would)."""
     import warnings
 
+    from transformers import GenerationConfig
+
     own = getattr(model, "generation_config", None)
-    ignored = {k: getattr(own, k, v) for k, v in GREEDY_CHANGING_FIELDS.items()
-               if own is not None and getattr(own, k, v) not in (v, None, [])}
+    if own is None:
+        return
+    default = GenerationConfig()
+    ignored = {k: getattr(own, k, None) for k in GREEDY_CHANGING_FIELDS}
+    ignored = {k: v for k, v in ignored.items() if v not in (None, [], getattr(default, k, None))}
     if ignored:
         settings = ", ".join(f"{k}={v!r}" for k, v in ignored.items())
         warnings.warn(f"{name}: its generation_config.json sets {settings}; longctx decodes greedily without "
