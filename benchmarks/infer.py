@@ -11,7 +11,9 @@ runs share one loaded model, so only the generation strategy differs. It also pr
 loop's time splits between prefills and decode steps (timed around the model's forward in the
 same run). Batching and decoding strategies can only save the decoding, so the naive loop's
 total over its own prefill time is the ceiling of any such speed-up (the backend also reuses
-the cache of prefixes prompts share; the script prints how much of the prompts that skips).
+the cache of prefixes prompts share; the script prints how much of the prompts that skips). The
+naive loop's total over the backend's own prefill time bounds this backend whatever its decoding
+costs; the script prints that bound too.
 """
 
 from __future__ import annotations
@@ -159,6 +161,10 @@ def main():
           f"~{new_tokens:.0f} new tokens per sample, so at that run's machine speed no batching or decoding "
           f"strategy can exceed {ref_wall / pre:.2f}x; the backend also skips the prefill of shared prefixes: "
           f"{shared_fraction(model, samples):.0%} of the prompt tokens here")
+    own_pre = timer.seconds["prefill"]
+    print(f"bound      : the backend's own prefills (prefix reuse included) took {own_pre:.1f} s, so even free "
+          f"decoding would give at most {ref_wall / own_pre:.2f}x; {ref_wall / wall:.2f}x leaves "
+          f"{wall - own_pre:.1f} s outside its prefills")
 
 
 if __name__ == "__main__":
