@@ -5,6 +5,7 @@ connections."""
 import json
 import threading
 import time
+import warnings
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -21,6 +22,7 @@ class FakeServer:
 
     def __init__(self):
         self.script: dict[str, list[str]] = {}
+        self.count = lambda text: len(text.split())  # the prompt tokens it reports (a chat prompt: its message)
         self.requests: list[dict] = []
         self.in_flight = self.peak = 0
         self.lock = threading.Lock()
@@ -70,7 +72,7 @@ class FakeServer:
             h.send_response(200)
             text = f"answer to {prompt[-8:]}"
             choice = {"message": {"role": "assistant", "content": text}} if chat else {"text": text}
-            payload = json.dumps({"choices": [choice], "usage": {"prompt_tokens": len(prompt.split()),
+            payload = json.dumps({"choices": [choice], "usage": {"prompt_tokens": self.count(prompt),
                                                                  "completion_tokens": 3}}).encode()
         h.send_header("Content-Type", "application/json")
         h.send_header("Content-Length", str(len(payload)))
@@ -141,6 +143,50 @@ def test_budget_check_with_a_local_tokenizer(server, smol):
     got = m.generate(["word " * 40, "short one"], GenParams(8))
     assert "over budget" in got[0].error and got[1].ok
     assert len(server.requests) == 1  # the over-budget prompt never left the machine
+
+
+def test_a_server_count_other_than_the_local_one_warns_once(server, smol):
+    """The rows record the server's count; the first prompt the two count differently warns, naming both."""
+    from longctx.cli import default_tokenizer
+    from longctx.models.openai_api import PromptTokensWarning
+
+    prompt = "Repeat: the grass is green."
+    m = model(server, tokenizer=str(default_tokenizer()))  # the fake server counts words
+    with pytest.warns(PromptTokensWarning, match=f"server counted 5 prompt tokens where the local tokenizer counted "
+                                                 f"{smol.count(prompt)} .*second BOS"):
+        got = m.generate([prompt, prompt], GenParams(4))
+    assert [c.prompt_tokens for c in got] == [5, 5]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        m.generate([prompt], GenParams(4))  # once per adapter
+        server.count = smol.count
+        model(server, tokenizer=str(default_tokenizer())).generate([prompt], GenParams(4))  # equal counts: silent
+        model(server).generate([prompt], GenParams(4))  # no local count: nothing to compare
+
+
+def test_the_chat_endpoint_counts_the_local_chat_template(server, smol, bpe):
+    """On the chat endpoint the budget counts what the model sees: the prompt in the chat template."""
+    from longctx.cli import default_tokenizer
+    from longctx.models.openai_api import PromptTokensWarning
+
+    prompt = "word " * 30
+    rendered = smol.hf.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                           add_generation_prompt=True)
+    overhead = smol.count(rendered) - smol.count(prompt)
+    assert overhead > 5 and prompt in rendered
+    m = model(server, endpoint="chat", tokenizer=str(default_tokenizer()), max_context=smol.count(prompt) + 8)
+    assert m.seen_tokens(prompt) == smol.count(rendered)
+    assert model(server, tokenizer=str(default_tokenizer())).seen_tokens(prompt) == smol.count(prompt)
+    got = m.generate([prompt], GenParams(8))  # fits without the template, not with it
+    assert "over budget" in got[0].error and str(smol.count(rendered)) in got[0].error and not server.requests
+    server.count = lambda message: smol.count(rendered) if message == prompt else 0  # a server with this template
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert model(server, endpoint="chat", tokenizer=str(default_tokenizer())).generate([prompt], GenParams(8))[0].ok
+    no_template = model(server, endpoint="chat", tokenizer=bpe.hf.name_or_path)
+    assert not bpe.chat_template and no_template.seen_tokens(prompt) == bpe.count(prompt)
+    with pytest.warns(PromptTokensWarning, match="chat template adds tokens that the local tokenizer"):
+        no_template.generate([prompt], GenParams(8))
 
 
 def test_the_key_is_not_kept_on_the_adapter(server, monkeypatch):

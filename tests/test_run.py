@@ -213,3 +213,22 @@ def test_calls_bring_the_backends_call_size_unless_the_spec_sets_batch(tmp_path,
     spec = load_spec(write_spec(tmp_path, data_dir, batch=None))
     from longctx.runner import call_size
     assert call_size(spec, MockModel()) == 8
+
+
+def test_a_models_template_setting_shapes_its_prompts(tmp_path, data_dir, monkeypatch, smol):
+    """`model_template` on a model overrides the backend's choice: with `chat` the backend gets
+    prompts rendered in the tokenizer's chat template, fitted with it to the length."""
+    from longctx.models.mock import MockModel
+    from longctx.templates import model_wrapper
+
+    sent = []
+    real_generate = MockModel.generate
+    monkeypatch.setattr(MockModel, "generate", lambda self, prompts, params: sent.extend(prompts)
+                        or real_generate(self, prompts, params))
+    chat = model_wrapper("chat", smol)
+    models = [{"name": "plain", "backend": "mock"}, {"name": "chat", "backend": "mock", "model_template": "chat"}]
+    assert main(["run", str(write_spec(tmp_path, data_dir, models=models, tasks=["niah_single_1"]))]) == 0
+    plain, chatted = sent[:4], sent[4:]
+    assert len(chatted) == 4 and not any(p.startswith(chat.before) for p in plain)
+    assert all(p.startswith(chat.before) and chat.after in p for p in chatted)
+    assert all(1024 * 0.97 <= smol.count(p) + 128 <= 1024 for p in chatted)

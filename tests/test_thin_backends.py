@@ -168,6 +168,25 @@ def test_openai_backend_on_llama_cpp_server_equals_the_gguf_backend_once_its_pen
     assert [c.text for c in plain] != [c.text for c in local]
 
 
+@pytest.mark.skipif(any(importlib.util.find_spec(m) is None for m in LLAMA_SERVER_MODULES),
+                    reason="needs llama-cpp-python and its server's packages (pip install 'llama-cpp-python[server]')")
+def test_on_llama_cpp_server_the_chat_endpoint_sees_what_the_local_chat_template_counts(llama_server, smol):
+    """The server renders a chat prompt in the GGUF's own template: its count is the local count of
+    the prompt in the tokenizer's chat template, so the budget check is exact and nothing warns."""
+    import warnings
+
+    prompts = [NEEDLE_PROMPT, "The grass is green. " * 20 + "What colour is the grass?"]
+    options = dict(base_url=llama_server, model="smollm2", endpoint="chat", extra_body={"repeat_penalty": 1.0})
+    m = load_model("openai", tokenizer=str(default_tokenizer()), max_context=2048, **options)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = m.generate(prompts, GenParams(12))
+    by_server = load_model("openai", **options).generate(prompts, GenParams(12))  # no local count to fall back on
+    assert all(c.ok for c in got + by_server)
+    assert [c.prompt_tokens for c in by_server] == [c.prompt_tokens for c in got] == [m.seen_tokens(p) for p in prompts]
+    assert all(m.seen_tokens(p) == smol.count(p) + 30 for p in prompts)  # SmolLM2's template and system prompt
+
+
 def test_models_command_lists_backends_and_the_study_checkpoints(capsys):
     from longctx.cli import main
     from longctx.models.catalog import study_checkpoints

@@ -14,6 +14,13 @@ decoding's answers (a test shows it on llama.cpp's server). `extra_body` adds th
 parameters to every request to switch them off, e.g. `{repeat_penalty: 1.0, top_k: 1}` for
 llama.cpp or `{repetition_penalty: 1.0}` for vLLM; a hosted API that refuses unknown fields gets
 none by default.
+
+What the model sees is counted locally when a `tokenizer` is given: the prompt itself on the
+completions endpoint, the prompt rendered by the tokenizer's chat template (one user turn, the
+generation prompt added) on the chat endpoint. That count guards the budget before anything is
+sent. The server reports its own count in `usage.prompt_tokens`, which is what each row records;
+the first time the two differ a `PromptTokensWarning` says by how much, since the samples were
+fitted to the local count (another tokenizer, a second BOS, another chat template).
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ import os
 import random
 import threading
 import time
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from typing import Sequence
 
@@ -36,10 +44,14 @@ MAX_RETRY_AFTER = 300.0  # seconds; a server asking for longer is treated as dow
 OWN_FIELDS = {"model", "prompt", "messages", "max_tokens", "temperature", "stop"}
 
 
+class PromptTokensWarning(UserWarning):
+    """The server counted a prompt's tokens otherwise than the local tokenizer did."""
+
+
 class OpenAIModel:
-    """`endpoint="completions"` sends the exact prompt text (the budget is exact with a local
-    tokenizer); `"chat"` sends it as one user message, as RULER's openai client does, and the
-    server's chat template adds tokens the local count does not see."""
+    """`endpoint="completions"` sends the exact prompt text; `"chat"` sends it as one user message,
+    as RULER's openai client does, and the server's chat template wraps it (counted locally when
+    the local tokenizer has a chat template: `seen_tokens`)."""
 
     def __init__(self, base_url: str, model: str, endpoint: str = "completions", api_key_env: str = "OPENAI_API_KEY",
                  tokenizer: str | None = None, max_context: int | None = None, concurrency: int = 4,
@@ -59,6 +71,11 @@ class OpenAIModel:
         self.model, self.endpoint, self.api_key_env = model, endpoint, api_key_env
         self.url = base_url.rstrip("/") + ("/chat/completions" if endpoint == "chat" else "/completions")
         self.tokenizer = load_tokenizer(tokenizer) if tokenizer else None
+        # Whether the local count includes the chat template the server wraps a chat prompt in.
+        self.counts_chat_template = endpoint == "chat" and bool(self.tokenizer and self.tokenizer.chat_template)
+        # The (local, server) counts of the first prompt both counted, compared once (`_warn_of_count`).
+        self._first_counts: tuple[int, int] | None = None
+        self._counts_compared = False
         self.max_context, self.concurrency, self.max_retries = max_context, concurrency, max_retries
         self.backoff, self.max_backoff = backoff, max_backoff
         self.model_template = "base"
@@ -68,7 +85,9 @@ class OpenAIModel:
 
     def generate(self, prompts: Sequence[str], params: GenParams) -> list[Completion]:
         with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
-            return list(pool.map(lambda p: self._one(p, params), prompts))
+            results = list(pool.map(lambda p: self._one(p, params), prompts))
+        self._warn_of_count()
+        return results
 
     def request_body(self, prompt: str, params: GenParams) -> dict:
         body: dict = {**self.extra_body, "model": self.model, "max_tokens": params.max_new_tokens, "temperature": 0.0}
@@ -89,8 +108,44 @@ class OpenAIModel:
         usage = data.get("usage") or {}
         return text, usage.get("prompt_tokens"), usage.get("completion_tokens")
 
+    def seen_tokens(self, prompt: str) -> int | None:
+        """The prompt tokens the model will see, by the local tokenizer (None without one): on the
+        chat endpoint, with the chat template's tokens when the tokenizer has one."""
+        if self.tokenizer is None:
+            return None
+        if self.counts_chat_template:
+            prompt = self.tokenizer.hf.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                                           add_generation_prompt=True)
+        return self.tokenizer.count(prompt)
+
+    def _keep_counts(self, n_local: int | None, n_server: int | None) -> None:
+        """Keep the first prompt both counted, for `_warn_of_count` (this runs in a worker thread;
+        the warning is raised in the caller's)."""
+        if n_local is not None and n_server is not None:
+            with self._lock:
+                self._first_counts = self._first_counts or (n_local, n_server)
+
+    def _warn_of_count(self) -> None:
+        """Warn, once, when the server's prompt count is not the local one the samples were fitted to."""
+        if self._counts_compared or self._first_counts is None:
+            return
+        self._counts_compared = True
+        n_local, n_server = self._first_counts
+        if n_server == n_local:
+            return
+        if self.endpoint == "chat" and not self.counts_chat_template:
+            hint = ("the server's chat template adds tokens that the local tokenizer cannot count (it has no chat "
+                    "template); give a `tokenizer` with the served model's")
+        else:
+            hint = ("check that `tokenizer` is the served model's and that the server adds no second BOS to a prompt "
+                    "that starts with one (vLLM: extra_body {add_special_tokens: false})"
+                    + (", and that its chat template is the tokenizer's" if self.counts_chat_template else ""))
+        warnings.warn(f"{self.name}: the server counted {n_server} prompt tokens where the local tokenizer counted "
+                      f"{n_local} ({n_server - n_local:+d}); samples are fitted and budgets checked with the local "
+                      f"count, so the model sees other prompt lengths than the run assumes: {hint}", PromptTokensWarning, stacklevel=3)
+
     def _one(self, prompt: str, params: GenParams) -> Completion:
-        n_local = self.tokenizer.count(prompt) if self.tokenizer else None
+        n_local = self.seen_tokens(prompt)
         if n_local is not None:
             reason = over_budget(n_local, params.max_new_tokens, self.max_context)
             if reason:
@@ -101,6 +156,7 @@ class OpenAIModel:
             outcome, wait = self._attempt(body)
             if isinstance(outcome, tuple):
                 text, n_prompt, n_out = outcome
+                self._keep_counts(n_local, n_prompt)
                 return Completion(cut_at_stop(text, params.stop), n_prompt if n_prompt is not None else n_local,
                                   n_out, time.perf_counter() - start)
             last = outcome
