@@ -4,6 +4,7 @@ one-prompt-at-a-time, uncached `generate` produces."""
 
 import json
 import sys
+import warnings
 
 import pytest
 import torch
@@ -777,6 +778,40 @@ def test_sliding_windows_far_beyond_their_window_go_to_fixed_batches(checkpoints
         assert continuous.greedy_continuous(model.model, rows, 4, model.eos_ids, 2) is None
     got = model.generate(PROMPTS, GenParams(max_new_tokens=8))
     assert [c.text for c in got] == [naive(model.model, bpe, p, 8) for p in PROMPTS]
+
+
+def test_continuous_batching_decodes_fewer_rows_when_their_cache_would_not_fit_in_memory(checkpoints, bpe,
+                                                                                       monkeypatch):
+    """The rows' cache is reserved up front: when `slots` rows of it would not fit in the memory
+    available, fewer rows run at a time (with a warning), giving the same tokens."""
+    from longctx.models import continuous, kv_cache
+
+    assert continuous.rows_in_memory(8, 100, None) == 8  # unknown: as asked
+    assert continuous.rows_in_memory(8, 100, 10_000) == 8
+    assert continuous.rows_in_memory(8, 100, 1000) == int(1000 * continuous.MEMORY_SHARE) // 100 - continuous.PREFILL_ROWS
+    assert continuous.rows_in_memory(8, 100, 10) == 1  # never none
+    config = load_model("hf", path=str(checkpoints["llama"])).model.config
+    cache = kv_cache.reserved_cache(config, 100)  # 2 layers, 2 key/value heads of 16
+    assert kv_cache.reserved_bytes(cache, config, 3, torch.float32) == 100 * 2 * 3 * 2 * 2 * 16 * 4
+    assert sys.platform != "linux" or 1e8 < kv_cache.available_memory() < 1e14  # from /proc/meminfo
+
+    model = load_model("hf", path=str(checkpoints["llama"]), batch_size=3)
+    rows = [bpe.encode(p) for p in PROMPTS]
+    widths, real_forward = [], model.model.forward
+    monkeypatch.setattr(model.model, "forward", lambda **k: widths.append(k["input_ids"].shape[0]) or real_forward(**k))
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("error")
+        roomy = continuous.greedy_continuous(model.model, rows, 8, model.eos_ids, 3, draft=2)
+    assert max(widths) == 3
+    widths.clear()
+    row_bytes = kv_cache.reserved_bytes(kv_cache.reserved_cache(config, max(map(len, rows)) + 8 + 3), config, 1,
+                                        torch.float32)
+    monkeypatch.setattr(kv_cache, "available_memory", lambda: int((2 + continuous.PREFILL_ROWS) * row_bytes
+                                                                  / continuous.MEMORY_SHARE) + 1)
+    with torch.no_grad(), pytest.warns(continuous.CacheMemoryWarning, match="decoding 2 rows at a time instead of 3"):
+        tight = continuous.greedy_continuous(model.model, rows, 8, model.eos_ids, 3, draft=2)
+    assert max(widths) == 2 and tight == roomy
+    assert [bpe.decode(r) for r in tight] == [naive(model.model, bpe, p, 8) for p in PROMPTS]
 
 
 def test_soft_capped_attention_batches_without_rows_of_their_own(checkpoints, bpe):

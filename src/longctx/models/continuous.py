@@ -24,6 +24,10 @@ the CPU, token for token what `generate` gives one prompt at a time.
   predicts: the tokens kept are the model's argmax at every position, whatever the guesses were,
   so the output is greedy decoding's. A rejected guess's column is overwritten by the row's next
   step. On SmolLM2 at 1K with 4 guesses, 100 answers kept 4.0 tokens per row and step.
+- **Within memory.** The rows' cache is reserved up front, so its size is known before it is
+  allocated: when `slots` rows of it would not fit in the memory available (Linux's
+  MemAvailable), fewer rows are decoded at a time, with a `CacheMemoryWarning`, instead of the
+  process being killed (SmolLM2-135M in float32: 45 KiB a position, 0.35 GiB a row at 8K).
 - **Shared prefixes.** Prompts are admitted in the order of their token ids, so a prompt's longest
   common prefix with any prompt before it is its common prefix with the one just before it
   (noise haystacks, a shared instruction). When that prefix has at least `MIN_SHARED` tokens,
@@ -40,6 +44,22 @@ MIN_SHARED = 64
 # that is far more than the model's own cache (Gemma 3 270M, 8 rows at 32K: about 8 GB more in
 # float32), so beyond this much more the prompts go to the fixed batches instead.
 BEYOND_WINDOWS_BYTES = 1 << 30
+# The share of the available memory the rows' reserved cache may take; besides it, the prompt
+# being prefilled and the previous one (kept for its shared prefix) each hold up to a row's cache.
+MEMORY_SHARE = 0.8
+PREFILL_ROWS = 2
+
+
+class CacheMemoryWarning(UserWarning):
+    """Fewer rows are decoded at a time than asked for: their KV cache would not fit in memory."""
+
+
+def rows_in_memory(wanted: int, row_bytes: int, available: int | None) -> int:
+    """How many of `wanted` rows, each reserving `row_bytes` of cache, fit in `available` bytes of
+    memory (all of them when it is not known); at least one."""
+    if available is None:
+        return wanted
+    return max(1, min(wanted, int(available * MEMORY_SHARE) // row_bytes - PREFILL_ROWS))
 
 
 class PromptLookup:
@@ -79,7 +99,8 @@ def greedy_continuous(model, rows: list[list[int]], max_new: int, eos_ids: set[i
 
     import torch
 
-    from .kv_cache import ReservedLayer, beyond_windows_bytes, full_history_cache, reserved_cache, rows_at
+    from .kv_cache import (ReservedLayer, available_memory, beyond_windows_bytes, full_history_cache, reserved_bytes,
+                           reserved_cache, rows_at)
     from .row_attention import use_row_attention
 
     span = draft + 1  # positions fed per row and step
@@ -90,6 +111,16 @@ def greedy_continuous(model, rows: list[list[int]], max_new: int, eos_ids: set[i
         return None
     if beyond_windows_bytes(cache, model.config, n, model.dtype) > BEYOND_WINDOWS_BYTES or not use_row_attention(model):
         return None  # (use_row_attention last: it switches the model's attention)
+    row_bytes, available = reserved_bytes(cache, model.config, 1, model.dtype), available_memory()
+    if (fit := rows_in_memory(n, row_bytes, available)) < n:
+        import warnings
+
+        short = available * MEMORY_SHARE < (1 + PREFILL_ROWS) * row_bytes
+        warnings.warn(f"decoding {fit} row{'s' * (fit > 1)} at a time instead of {n}: each row's KV cache of "
+                      f"{cache.layers[0].capacity} positions takes {row_bytes / 2**30:.2f} GiB, and "
+                      f"{available / 2**30:.1f} GiB of memory is available" + (" (even one row may not fit)" * short),
+                      CacheMemoryWarning, stacklevel=2)
+        n = fit
     queue = deque(sorted(range(len(rows)), key=lambda r: rows[r]))  # neighbours share the longest prefixes
     produced: list[list[int]] = [[] for _ in rows]
     owner = [-1] * n  # the prompt each slot is decoding

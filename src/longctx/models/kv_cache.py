@@ -131,9 +131,33 @@ def full_history_cache(config) -> DynamicCache:
 def beyond_windows_bytes(cache: DynamicCache, config, rows: int, dtype) -> int:
     """How many more bytes a reserved cache (`reserved_cache`) holds for `rows` rows than the
     model's own cache would: the positions its sliding-window layers keep beyond their window."""
+    beyond = sum(max(0, layer.capacity - layer.window) for layer in cache.layers if layer.window)
+    return beyond * rows * _position_bytes(config, dtype)
+
+
+def reserved_bytes(cache: DynamicCache, config, rows: int, dtype) -> int:
+    """The bytes a reserved cache (`reserved_cache`) allocates for `rows` rows: keys and values
+    for every position of its room in every layer."""
+    return sum(layer.capacity for layer in cache.layers) * rows * _position_bytes(config, dtype)
+
+
+def _position_bytes(config, dtype) -> int:
+    """One position's keys and values in one layer of one row."""
     import torch
 
-    beyond = sum(max(0, layer.capacity - layer.window) for layer in cache.layers if layer.window)
     heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
     dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-    return beyond * rows * 2 * heads * dim * torch.finfo(dtype).bits // 8
+    return 2 * heads * dim * torch.finfo(dtype).bits // 8
+
+
+def available_memory() -> int | None:
+    """Bytes of memory the system can still give without swapping (Linux's MemAvailable), or None
+    where it does not say."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
