@@ -814,6 +814,44 @@ def test_continuous_batching_decodes_fewer_rows_when_their_cache_would_not_fit_i
     assert [bpe.decode(r) for r in tight] == [naive(model.model, bpe, p, 8) for p in PROMPTS]
 
 
+def test_out_of_memory_halves_a_batch_and_fails_only_a_prompt_too_big_alone(checkpoints, bpe, monkeypatch):
+    """Running out of memory (a GPU's, or an allocation bigger than the host can give) does not
+    stop a run: a fixed batch runs again as its two halves, a prompt that does not fit even alone
+    becomes a failed row, and every other prompt gets the tokens it gets without the fault.
+    Continuous batching that runs out of room leaves its prompts to the fixed batches."""
+    from longctx.models import hf
+
+    model = load_model("hf", path=str(checkpoints["mamba2"]), batch_size=4)
+    clean = model.generate(PROMPTS, GenParams(8))
+    longest = max(len(bpe.encode(p)) for p in PROMPTS)
+    sizes, real_batch = [], model._generate_batch
+
+    def tight(rows, max_new):  # room for two prompts, and for the longest not even alone
+        sizes.append(len(rows))
+        if len(rows) > 2 or longest in map(len, rows):
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real_batch(rows, max_new)
+
+    monkeypatch.setattr(model, "_generate_batch", tight)
+    got = model.generate(PROMPTS, GenParams(8))
+    assert [len(bpe.encode(p)) for p in PROMPTS].count(longest) == 1
+    assert sizes == [4, 2, 2, 1, 1]  # the whole; its shorter half; the longer half, then its prompts one by one
+    worst = next(i for i, p in enumerate(PROMPTS) if len(bpe.encode(p)) == longest)
+    assert got[worst].error == f"out of memory: {longest} prompt + 8 new tokens do not fit on cpu even alone"
+    assert [c.text for i, c in enumerate(got) if i != worst] == [c.text for i, c in enumerate(clean) if i != worst]
+    assert all(c.ok for i, c in enumerate(got) if i != worst)
+
+    monkeypatch.setattr(model, "_generate_batch", lambda rows, max_new: (_ for _ in ()).throw(RuntimeError("a bug")))
+    with pytest.raises(RuntimeError, match="a bug"):  # any other error still stops the run
+        model.generate(PROMPTS, GenParams(8))
+
+    llama = load_model("hf", path=str(checkpoints["llama"]), batch_size=2)
+    clean = llama.generate(PROMPTS, GenParams(8))
+    host_full = RuntimeError("[enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: can't allocate memory")
+    monkeypatch.setattr(hf, "greedy_continuous", lambda *a, **k: (_ for _ in ()).throw(host_full))
+    assert [c.text for c in llama.generate(PROMPTS, GenParams(8))] == [c.text for c in clean]
+
+
 def test_soft_capped_attention_batches_without_rows_of_their_own(checkpoints, bpe):
     """Gemma 2 soft-caps its attention scores, so transformers runs it only with eager attention
     (the row attention is an SDPA and does not cap either): continuous batching declines it, and

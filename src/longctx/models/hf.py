@@ -28,7 +28,7 @@ from typing import Sequence
 
 from ..errors import UsageError
 from ..tokenizer import Tokenizer, _file_sha256, default_cache_dir, load_tokenizer
-from .base import Completion, GenParams, cut_at_stop, triage
+from .base import Completion, GenParams, cut_at_stop, failed, triage
 from .continuous import greedy_continuous
 from .scan_carry import scans_carry_state
 from .stateful import PADDED_IN_LOOP, STATEFUL_FAMILIES, greedy_shrinking, greedy_stateful, takes_logits_to_keep
@@ -120,26 +120,60 @@ class HFModel:
             self.pad_id = min(self.eos_ids) if self.eos_ids else 0
 
     def generate(self, prompts: Sequence[str], params: GenParams) -> list[Completion]:
-        import torch
-
         encoded = [self.tokenizer.encode(p) for p in prompts]
         results, todo = triage(encoded, params.max_new_tokens, self.max_context)
         if self._continuous(todo, encoded):
-            for band in _length_bands(sorted(todo, key=lambda i: len(encoded[i])), encoded):
-                start = time.perf_counter()
+            todo = self._run_continuous(results, todo, encoded, params)
+        self._run_fixed_batches(results, todo, encoded, params)
+        return results  # type: ignore[return-value]
+
+    def _run_continuous(self, results: list, todo: list[int], encoded: list[list[int]], params: GenParams) -> list[int]:
+        """Continuous batching, band by band of like lengths; the prompts it leaves to the fixed batches
+        (all of them when the model cannot keep rows of their own, or the rest when memory runs out)."""
+        import torch
+
+        for band in _length_bands(sorted(todo, key=lambda i: len(encoded[i])), encoded):
+            start = time.perf_counter()
+            try:
                 with torch.no_grad():
                     rows = greedy_continuous(self.model, [encoded[i] for i in band], params.max_new_tokens,
                                              self.eos_ids, self._max_batch, self.draft_tokens)
-                if rows is None:  # no rows of their own (eager attention, soft caps): fixed batches below
-                    break
-                self._record(results, band, rows, encoded, params, start)
-                todo = [i for i in todo if results[i] is None]
-        for batch in self._batches(todo, encoded):
+            except RuntimeError as e:
+                if not _out_of_memory(e):
+                    raise
+                rows = None  # the fixed batches halve a batch that does not fit
+            if rows is None:
+                break
+            self._record(results, band, rows, encoded, params, start)
+        return [i for i in todo if results[i] is None]
+
+    def _run_fixed_batches(self, results: list, todo: list[int], encoded: list[list[int]], params: GenParams) -> None:
+        """Batches sorted by length (`_batches`). A batch that runs out of memory runs again as its
+        two halves, one after the other; a prompt that does not fit even alone becomes a failed row,
+        so one overlong prompt cannot stop a run (nor every resume of it)."""
+        import torch
+
+        pending = self._batches(todo, encoded)
+        while pending:
+            batch = pending.pop(0)
             start = time.perf_counter()
-            with torch.no_grad(), _head_on_last_position(self.model):  # no_grad local: the lab trains in this process
-                rows = self._generate_batch([encoded[i] for i in batch], params.max_new_tokens)
-            self._record(results, batch, rows, encoded, params, start)
-        return results  # type: ignore[return-value]
+            try:
+                with torch.no_grad(), _head_on_last_position(self.model):  # no_grad local: the lab trains here
+                    rows = self._generate_batch([encoded[i] for i in batch], params.max_new_tokens)
+            except RuntimeError as e:
+                if not _out_of_memory(e):
+                    raise
+                rows = None  # handled below, outside the except block, which holds the batch's tensors
+            if rows is not None:
+                self._record(results, batch, rows, encoded, params, start)
+                continue
+            _free_accelerator_memory()
+            if len(batch) > 1:
+                pending[:0] = [batch[:len(batch) // 2], batch[len(batch) // 2:]]
+            else:
+                n = len(encoded[batch[0]])
+                results[batch[0]] = failed(f"out of memory: {n} prompt + {params.max_new_tokens} new tokens do not "
+                                           f"fit on {self.device} even alone", n)
 
     def _record(self, results: list, indices: list[int], rows: list[list[int]], encoded: list[list[int]],
                 params: GenParams, start: float) -> None:
@@ -206,6 +240,25 @@ class HFModel:
                                       num_beams=1, pad_token_id=self.pad_id, eos_token_id=sorted(self.eos_ids),
                                       top_k=None, top_p=None, temperature=None, **extra)[:, width:]
         return [_until_eos(row.tolist(), self.eos_ids) for row in out]
+
+
+def _out_of_memory(error: RuntimeError) -> bool:
+    """Whether an error is an allocation that failed: the accelerator's memory, or an allocation
+    larger than the host can give (torch then raises a plain RuntimeError)."""
+    import torch
+
+    return isinstance(error, torch.OutOfMemoryError) or "can't allocate memory" in str(error)
+
+
+def _free_accelerator_memory() -> None:
+    """Hand the failed batch's cached blocks back before its halves run."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 # The fields of a checkpoint's generation_config.json that `generate` may still take: token ids
