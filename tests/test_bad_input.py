@@ -37,6 +37,8 @@ CASES = [
     ("backend-unknown-option", model(args={"bogus": 1}), [], "has no option bogus"),
     ("backend-missing-option", model(backend="openai", args={"model": "x"}), [], "needs the option 'base_url'"),
     ("unknown-alias", model(args={"tokenizer": "@nope"}), [], "unknown model alias"),
+    ("template-twice", model(backend="openai", model_template="chat",
+                             args={"base_url": "http://127.0.0.1:9", "model": "m", "endpoint": "chat"}), [], "twice"),
     ("dup-model-names", put(models=[{"name": "a", "backend": "mock"}, {"name": "a", "backend": "mock"}]), [], "unique"),
     ("unknown-task", put(tasks=["niah_single_9"]), [], "unknown task 'niah_single_9'"),
     ("task-param-syntax", put(tasks=["niah:depth"]), [], "expected key=value"),

@@ -190,6 +190,10 @@ def _model(m: Any, i: int) -> ModelSpec:
     template = m.get("model_template")
     if template is not None and not isinstance(template, str):
         raise UsageError(f"models[{i}].model_template must be a template name or 'chat'")
+    if backend == "openai" and args.get("endpoint") == "chat" and template not in (None, "base"):
+        raise UsageError(f"models[{i}]: the openai chat endpoint wraps every prompt in the server's chat template, so "
+                         f"model_template {template!r} would wrap it twice; use endpoint: completions with it, or "
+                         "leave model_template unset")
     return ModelSpec(name=name, backend=backend, args=dict(args), model_template=template)
 
 
