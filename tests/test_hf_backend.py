@@ -817,8 +817,9 @@ def test_continuous_batching_decodes_fewer_rows_when_their_cache_would_not_fit_i
 def test_out_of_memory_halves_a_batch_and_fails_only_a_prompt_too_big_alone(checkpoints, bpe, monkeypatch):
     """Running out of memory (a GPU's, or an allocation bigger than the host can give) does not
     stop a run: a fixed batch runs again as its two halves, a prompt that does not fit even alone
-    becomes a failed row, and every other prompt gets the tokens it gets without the fault.
-    Continuous batching that runs out of room leaves its prompts to the fixed batches."""
+    becomes a failed row, and every other prompt gets the tokens it gets without the fault; later
+    calls do not try again what did not fit. Continuous batching that runs out of room leaves its
+    prompts to the fixed batches."""
     from longctx.models import hf
 
     model = load_model("hf", path=str(checkpoints["mamba2"]), batch_size=4)
@@ -840,6 +841,12 @@ def test_out_of_memory_halves_a_batch_and_fails_only_a_prompt_too_big_alone(chec
     assert got[worst].error == f"out of memory: {longest} prompt + 8 new tokens do not fit on cpu even alone"
     assert [c.text for i, c in enumerate(got) if i != worst] == [c.text for i, c in enumerate(clean) if i != worst]
     assert all(c.ok for i, c in enumerate(got) if i != worst)
+    sizes.clear()  # the adapter remembers what did not fit: the next call tries only what may
+    again = model.generate(PROMPTS, GenParams(8))
+    assert sizes == [2, 1] and [(c.text, c.error) for c in again] == [(c.text, c.error) for c in got]
+    sizes.clear()  # fewer new tokens is a smaller batch than any that failed: tried again
+    model.generate(PROMPTS, GenParams(4))
+    assert sizes[0] == 4
 
     monkeypatch.setattr(model, "_generate_batch", lambda rows, max_new: (_ for _ in ()).throw(RuntimeError("a bug")))
     with pytest.raises(RuntimeError, match="a bug"):  # any other error still stops the run

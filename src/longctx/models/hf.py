@@ -101,6 +101,7 @@ class HFModel:
         self._shrinks = family in SHRINKABLE
         leaks = family in PADDING_LEAKS or _input_bias_reaches_convolution(model)
         self._in_loop = family in STATEFUL_FAMILIES
+        self._too_big: list[tuple[int, int]] = []  # (positions a row needs, rows) of batches that ran out of memory
         self._loop_pads = family in PADDED_IN_LOOP and getattr(model, "takes_padding", True) and not leaks
         # Whether prompts of different lengths may share a batch, left-padded.
         self._pads = self._loop_pads or not (self._in_loop or leaks)
@@ -150,30 +151,39 @@ class HFModel:
     def _run_fixed_batches(self, results: list, todo: list[int], encoded: list[list[int]], params: GenParams) -> None:
         """Batches sorted by length (`_batches`). A batch that runs out of memory runs again as its
         two halves, one after the other; a prompt that does not fit even alone becomes a failed row,
-        so one overlong prompt cannot stop a run (nor every resume of it)."""
+        so one overlong prompt cannot stop a run (nor every resume of it). The adapter remembers
+        what did not fit (`_known_too_big`)."""
         import torch
 
         pending = self._batches(todo, encoded)
         while pending:
             batch = pending.pop(0)
-            start = time.perf_counter()
-            try:
-                with torch.no_grad(), _head_on_last_position(self.model):  # no_grad local: the lab trains here
-                    rows = self._generate_batch([encoded[i] for i in batch], params.max_new_tokens)
-            except RuntimeError as e:
-                if not _out_of_memory(e):
-                    raise
-                rows = None  # handled below, outside the except block, which holds the batch's tensors
+            size = (max(len(encoded[i]) for i in batch) + params.max_new_tokens, len(batch))
+            rows, start = None, time.perf_counter()
+            if not self._known_too_big(size):
+                try:
+                    with torch.no_grad(), _head_on_last_position(self.model):  # no_grad local: the lab trains here
+                        rows = self._generate_batch([encoded[i] for i in batch], params.max_new_tokens)
+                except RuntimeError as e:
+                    if not _out_of_memory(e):
+                        raise
+                    self._too_big.append(size)
+                if rows is None:
+                    _free_accelerator_memory()  # (outside the except block, which holds the batch's tensors)
             if rows is not None:
                 self._record(results, batch, rows, encoded, params, start)
-                continue
-            _free_accelerator_memory()
-            if len(batch) > 1:
+            elif len(batch) > 1:
                 pending[:0] = [batch[:len(batch) // 2], batch[len(batch) // 2:]]
             else:
                 n = len(encoded[batch[0]])
                 results[batch[0]] = failed(f"out of memory: {n} prompt + {params.max_new_tokens} new tokens do not "
                                            f"fit on {self.device} even alone", n)
+
+    def _known_too_big(self, size: tuple[int, int]) -> bool:
+        """Whether a batch of `size` (positions a row needs, rows) is at least as big as one that ran
+        out of memory before: it is split (or, alone, failed) without trying, so a long run does not
+        fail one allocation per batch."""
+        return any(positions <= size[0] and rows <= size[1] for positions, rows in self._too_big)
 
     def _record(self, results: list, indices: list[int], rows: list[list[int]], encoded: list[list[int]],
                 params: GenParams, start: float) -> None:
