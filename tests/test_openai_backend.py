@@ -132,8 +132,11 @@ def test_permanent_and_exhausted_failures_become_rows_with_reasons(server, monke
 
 
 def test_concurrency_is_limited(server):
-    model(server, concurrency=3).generate([f"p{i}" for i in range(12)], GenParams(4))
+    m = model(server, concurrency=3)
+    m.generate([f"p{i}" for i in range(12)], GenParams(4))
     assert server.peak <= 3 and server.peak >= 2
+    m.close()  # (the runner closes each adapter when its cells are done)
+    assert m._client.is_closed
 
 
 def test_budget_check_with_a_local_tokenizer(server, smol):

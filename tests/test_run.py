@@ -232,3 +232,28 @@ def test_a_models_template_setting_shapes_its_prompts(tmp_path, data_dir, monkey
     assert len(chatted) == 4 and not any(p.startswith(chat.before) for p in plain)
     assert all(p.startswith(chat.before) and chat.after in p for p in chatted)
     assert all(1024 * 0.97 <= smol.count(p) + 128 <= 1024 for p in chatted)
+
+
+def test_each_model_is_closed_and_dropped_before_the_next_loads(tmp_path, data_dir, monkeypatch):
+    """Two models never share the memory: the runner closes an adapter (an HTTP client's
+    connections) and drops it once its cells are done, before it loads the next."""
+    import weakref
+
+    from longctx import runner
+    from longctx.models.mock import MockModel
+
+    loaded, alive_at_load, closed = [], [], []
+    real_load = runner.load_model
+
+    def load(backend, **args):
+        alive_at_load.append([ref() is not None for ref in loaded])
+        adapter = real_load(backend, **args)
+        loaded.append(weakref.ref(adapter))
+        return adapter
+
+    monkeypatch.setattr(runner, "load_model", load)
+    monkeypatch.setattr(MockModel, "close", lambda self: closed.append(self.name), raising=False)
+    models = [{"name": "a", "backend": "mock"}, {"name": "b", "backend": "mock"}]
+    assert main(["run", str(write_spec(tmp_path, data_dir, models=models, tasks=["niah_single_1"]))]) == 0
+    assert alive_at_load == [[], [False]] and len(closed) == 2
+    assert all(ref() is None for ref in loaded)

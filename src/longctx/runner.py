@@ -99,19 +99,38 @@ def run(spec: RunSpec, store: RunStore, progress=None, executor: str = "local", 
         raise UsageError(f"executor must be 'local' or 'ray', not {executor!r}")
     for model_spec in spec.models:
         adapter = load_model(model_spec.backend, **model_spec.args)
-        ctx = model_context(spec, model_spec, adapter)
-        store.set_model_info(model_spec.name, model_info(model_spec, adapter))
-        cache, size = SampleCache(), call_size(spec, adapter)
-        for task in p.tasks:
-            for length in spec.lengths:
-                label = f"{task.name}@{length}"
-                todo = open_cell(store, model_spec.name, cache.get(task, length, spec.samples, ctx), label, progress)
-                for start in range(0, len(todo), size):
-                    batch = todo[start:start + size]
-                    completions = run_batch(adapter, batch)
-                    store.write_batch(model_spec.name, batch, completions, score_batch(batch, completions))
-                    if progress:
-                        progress(model_spec.name, label, len(batch))
+        try:
+            _run_model(spec, p, model_spec, adapter, store, progress)
+        finally:
+            release(adapter)
+            del adapter  # before the next model loads: two models need not share the memory
+
+
+def _run_model(spec: RunSpec, p: Plan, model_spec: ModelSpec, adapter, store: RunStore, progress) -> None:
+    ctx = model_context(spec, model_spec, adapter)
+    store.set_model_info(model_spec.name, model_info(model_spec, adapter))
+    cache, size = SampleCache(), call_size(spec, adapter)
+    for task in p.tasks:
+        for length in spec.lengths:
+            label = f"{task.name}@{length}"
+            todo = open_cell(store, model_spec.name, cache.get(task, length, spec.samples, ctx), label, progress)
+            for start in range(0, len(todo), size):
+                batch = todo[start:start + size]
+                completions = run_batch(adapter, batch)
+                store.write_batch(model_spec.name, batch, completions, score_batch(batch, completions))
+                if progress:
+                    progress(model_spec.name, label, len(batch))
+
+
+def release(adapter) -> None:
+    """Close what an adapter holds open (an HTTP client's connections) and collect what it leaves
+    in reference cycles, so the next model loads into freed memory."""
+    import gc
+
+    close = getattr(adapter, "close", None)
+    if callable(close):
+        close()
+    gc.collect()
 
 
 DEFAULT_CALL_SIZE = 8

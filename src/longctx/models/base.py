@@ -54,7 +54,8 @@ class ModelAdapter(Protocol):
     tokenizer: Tokenizer | None  # None: the backend cannot count tokens locally (a hosted API)
     max_context: int | None  # hard limit on prompt + generated tokens; None = no hard limit
     # Optional: `call_size`, the prompts per `generate` call the backend works best with (the
-    # runner's default when a run sets no `batch`; 8 when the adapter has none).
+    # runner's default when a run sets no `batch`; 8 when the adapter has none), and `close()`,
+    # which the runner calls when the model's cells are done.
 
     def generate(self, prompts: Sequence[str], params: GenParams) -> list[Completion]: ...
 

@@ -89,6 +89,10 @@ class OpenAIModel:
         self._warn_of_count()
         return results
 
+    def close(self) -> None:
+        """Close the HTTP client's pooled connections (the runner does, after the model's cells)."""
+        self._client.close()
+
     def request_body(self, prompt: str, params: GenParams) -> dict:
         body: dict = {**self.extra_body, "model": self.model, "max_tokens": params.max_new_tokens, "temperature": 0.0}
         if self.endpoint == "chat":
