@@ -31,6 +31,24 @@ def test_every_task_fills_97_to_100_percent(tokenizers_pair, data_dir, tok_name,
                     assert target in s.prompt, (name, target)
 
 
+def test_a_reserve_keeps_room_for_tokens_around_every_prompt(smol, data_dir):
+    """GenOptions.reserve (a server's chat template around each prompt): every task fits its
+    prompt to the length less the reserve, still filling 97-100 % of it with the reserve counted;
+    the samples get ids of their own, while ids without a reserve are those of before."""
+    plain = GenContext(smol, GenOptions(verify="none"), DataPaths(data_dir))
+    reserved = GenContext(smol, GenOptions(verify="none", reserve=30), DataPaths(data_dir))
+    for name, spec in RULER_TASKS.items():
+        for a, b in zip(generate_samples(spec, 2048, range(2), plain), generate_samples(spec, 2048, range(2), reserved)):
+            seen = len(smol.encode(b.prompt + b.answer_prefix)) + 30 + b.tokens_to_generate
+            assert 0.97 * 2048 <= seen <= 2048 and b.meta["length"] == seen and b.meta["reserve"] == 30, (name, seen)
+            assert a.id != b.id and "reserve" not in a.meta and b.meta["token_count"] <= a.meta["token_count"]
+    assert plain.options == GenOptions(verify="none", reserve=0)
+    with pytest.raises(UsageError, match="reserve must be"):
+        GenOptions(reserve=-1)
+    with pytest.raises(UsageError, match="and 1000 more around the prompt"):
+        generate_samples(RULER_TASKS["vt"], 1024, range(1), GenContext(smol, GenOptions(reserve=1000)))
+
+
 def test_additive_count_agrees_with_full_encode_on_every_sample(smol, data_dir):
     ctx = GenContext(smol, GenOptions(verify="all"), DataPaths(data_dir))
     for name in ("niah_multikey_3", "cwe", "qa_1", "vt"):

@@ -192,6 +192,36 @@ def test_the_chat_endpoint_counts_the_local_chat_template(server, smol, bpe):
         no_template.generate([prompt], GenParams(8))
 
 
+def test_a_run_on_the_chat_endpoint_fits_prompts_with_their_chat_template_to_the_length(server, smol, tmp_path,
+                                                                                        data_dir):
+    """The chat template's own tokens are kept free when the run fits its samples (the adapter's
+    prompt_reserve), so what the model sees, template included, is within 97-100 % of the length."""
+    import yaml
+
+    from longctx.cli import default_tokenizer, main
+    from longctx.models.openai_api import PromptTokensWarning
+
+    def rendered(message):
+        return smol.count(smol.hf.apply_chat_template([{"role": "user", "content": message}], tokenize=False,
+                                                      add_generation_prompt=True))
+
+    assert model(server, endpoint="chat", tokenizer=str(default_tokenizer())).prompt_reserve == 30
+    assert model(server, tokenizer=str(default_tokenizer())).prompt_reserve == 0  # completions: nothing around
+    server.count = rendered  # a server with this chat template
+    served = {"name": "served", "backend": "openai", "args": {"base_url": server.url, "model": "fake",
+                                                               "endpoint": "chat", "tokenizer": str(default_tokenizer())}}
+    spec = {"name": "chat", "models": [served], "tasks": ["niah_single_1", "vt"], "lengths": [1024], "samples": 2,
+            "data_dir": str(data_dir), "db": str(tmp_path / "run.sqlite")}
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", PromptTokensWarning)
+        assert main(["run", str(tmp_path / "spec.yaml")]) == 0
+    assert len(server.requests) == 4
+    for r in server.requests:
+        seen = rendered(r["body"]["messages"][0]["content"]) + r["body"]["max_tokens"]
+        assert 0.97 * 1024 <= seen <= 1024, seen
+
+
 def test_the_key_is_not_kept_on_the_adapter(server, monkeypatch):
     monkeypatch.setenv("MY_KEY", SECRET)
     m = model(server, api_key_env="MY_KEY")

@@ -21,7 +21,10 @@ from .types import Sample, stable_hash
 
 def cell_key(spec: TaskSpec, length: int, ctx: GenContext) -> str:
     data = ctx.data
-    return stable_hash(spec.name, spec.params, length, asdict(ctx.options) | {"verify": None},
+    options = asdict(ctx.options) | {"verify": None}
+    if not options["reserve"]:  # cells cached before the reserve existed keep their key
+        del options["reserve"]
+    return stable_hash(spec.name, spec.params, length, options,
                        ctx.tok.fingerprint, str(data.data_dir), str(data.essays), str(data.squad),
                        str(data.hotpotqa), GENERATOR_VERSION)
 

@@ -205,4 +205,5 @@ def _options(spec: RunSpec, model: ModelSpec, adapter) -> GenOptions:
     g = spec.generation
     template = model.model_template or getattr(adapter, "model_template", "base")
     return GenOptions(model_template=template, era=g.get("era", "main"), ruler_compat=g.get("ruler_compat", False),
-                      remove_newline_tab=g.get("remove_newline_tab", False), seed=spec.seed)
+                      remove_newline_tab=g.get("remove_newline_tab", False), seed=spec.seed,
+                      reserve=getattr(adapter, "prompt_reserve", 0))

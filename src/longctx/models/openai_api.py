@@ -18,7 +18,8 @@ none by default.
 What the model sees is counted locally when a `tokenizer` is given: the prompt itself on the
 completions endpoint, the prompt rendered by the tokenizer's chat template (one user turn, the
 generation prompt added) on the chat endpoint. That count guards the budget before anything is
-sent. The server reports its own count in `usage.prompt_tokens`, which is what each row records;
+sent, and on the chat endpoint the template's own tokens (`prompt_reserve`) are kept free when
+the run fits its samples, so the model sees at most the run's length there too. The server reports its own count in `usage.prompt_tokens`, which is what each row records;
 the first time the two differ a `PromptTokensWarning` says by how much, since the samples were
 fitted to the local count (another tokenizer, a second BOS, another chat template).
 """
@@ -42,6 +43,9 @@ RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
 MAX_RETRY_AFTER = 300.0  # seconds; a server asking for longer is treated as down
 # The request fields longctx sets itself (`request_body`); `extra_body` may not override them.
 OWN_FIELDS = {"model", "prompt", "messages", "max_tokens", "temperature", "stop"}
+
+
+PROBE = "Some text."  # a prompt to measure what the chat template adds around one
 
 
 class PromptTokensWarning(UserWarning):
@@ -73,6 +77,9 @@ class OpenAIModel:
         self.tokenizer = load_tokenizer(tokenizer) if tokenizer else None
         # Whether the local count includes the chat template the server wraps a chat prompt in.
         self.counts_chat_template = endpoint == "chat" and bool(self.tokenizer and self.tokenizer.chat_template)
+        # The template's tokens around a prompt, which the runner keeps free of sample text
+        # (GenOptions.reserve), so the model sees at most the run's length.
+        self.prompt_reserve = self.seen_tokens(PROBE) - self.tokenizer.count(PROBE) if self.counts_chat_template else 0
         # The (local, server) counts of the first prompt both counted, compared once (`_warn_of_count`).
         self._first_counts: tuple[int, int] | None = None
         self._counts_compared = False

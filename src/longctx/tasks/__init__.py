@@ -147,14 +147,18 @@ def generate_samples(spec: TaskSpec, length: int, indices: range, ctx: GenContex
     """
     mod = family_module(spec.family)
     ttg, metric = tokens_to_generate(spec), METRICS[spec.family]
-    if length <= ttg:
-        raise UsageError(f"length {length} leaves no room for a prompt: {spec.name} generates {ttg} tokens")
+    # The tokens counted against the length besides the prompt's text: the answer's, and any the
+    # backend adds around the prompt (GenOptions.reserve). The generators fit the prompt to the rest.
+    beyond = ttg + ctx.options.reserve
+    if length <= beyond:
+        reserve = f" and {ctx.options.reserve} more around the prompt" if ctx.options.reserve else ""
+        raise UsageError(f"length {length} leaves no room for a prompt: {spec.name} generates {ttg} tokens{reserve}")
     verify = ctx.options.verify
     ctx.exact = False
     state: dict = {}
     out = []
     for i in indices:
-        draft = mod.generate(spec, length, ttg, i, sample_rng(spec, length, ctx.options.seed, i), ctx, state)
+        draft = mod.generate(spec, length, beyond, i, sample_rng(spec, length, ctx.options.seed, i), ctx, state)
         checked = verify == "all" or (verify == "cell" and i == indices.start)
         if checked and not ctx.exact:
             real = ctx.tok.count(draft.text() + draft.answer_prefix)
@@ -162,7 +166,7 @@ def generate_samples(spec: TaskSpec, length: int, indices: range, ctx: GenContex
                 warnings.warn(f"{spec.name}@{length}: additive token count {draft.tokens} != {real} for this "
                               "tokenizer; counting this cell exactly (slower)", stacklevel=2)
                 ctx.exact, state = True, {}
-                draft = mod.generate(spec, length, ttg, i, sample_rng(spec, length, ctx.options.seed, i), ctx, state)
+                draft = mod.generate(spec, length, beyond, i, sample_rng(spec, length, ctx.options.seed, i), ctx, state)
         sample = make_sample(spec, length, i, draft, ctx, ttg, metric)
         sample.meta["verified"] = bool(checked or ctx.exact)
         out.append(sample)

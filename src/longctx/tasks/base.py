@@ -51,6 +51,8 @@ class GenOptions:
     ruler_compat: keep RULER's accidental fixed permutations and shared haystack openings.
     verify: "cell" checks the additive token count of each cell's first sample against a full
     encode (and counts that cell exactly if they differ); "all" checks every sample; "none" trusts it.
+    reserve: tokens the model sees around every prompt that are not in its text (an
+    OpenAI-compatible server's chat template); prompts are fitted to the length less them.
     """
 
     model_template: str = "base"
@@ -59,8 +61,11 @@ class GenOptions:
     remove_newline_tab: bool = False
     seed: int = 42
     verify: str = "cell"
+    reserve: int = 0
 
     def __post_init__(self):
+        if not isinstance(self.reserve, int) or self.reserve < 0:
+            raise UsageError(f"reserve must be a number of tokens (0 or more), not {self.reserve!r}")
         if self.era not in ERAS:
             raise UsageError(f"unknown RULER era {self.era!r}; choose one of {', '.join(ERAS)}")
         if self.verify not in ("none", "cell", "all"):
@@ -328,10 +333,14 @@ def make_sample(spec: TaskSpec, length: int, index: int, draft: Draft, ctx: GenC
     if ctx.era == "2024":  # the 2024 files kept the answer prefix inside `input`
         prompt, prefix = prompt + prefix, ""
     o = ctx.options
+    reserved = (o.reserve,) if o.reserve else ()  # (ids without a reserve stay those of earlier versions)
     sid = stable_hash(spec.name, spec.params, length, o.seed, index, ctx.tok.fingerprint, o.model_template,
-                      o.era, o.ruler_compat, o.remove_newline_tab, GENERATOR_VERSION)
+                      o.era, o.ruler_compat, o.remove_newline_tab, *reserved, GENERATOR_VERSION)
     meta = dict(draft.meta)
-    meta.update(token_count=draft.tokens, length=draft.tokens + ttg, fill=round((draft.tokens + ttg) / length, 4),
+    if o.reserve:
+        meta["reserve"] = o.reserve
+    seen = draft.tokens + o.reserve + ttg  # what the model sees and writes at most
+    meta.update(token_count=draft.tokens, length=seen, fill=round(seen / length, 4),
                 count_method="exact" if ctx.exact else "additive", tokenizer=ctx.tok.fingerprint,
                 model_template=o.model_template, era=o.era, ruler_compat=o.ruler_compat, family=spec.family,
                 params=dict(spec.params))
