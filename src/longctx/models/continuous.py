@@ -59,7 +59,13 @@ def rows_in_memory(wanted: int, row_bytes: int, available: int | None) -> int:
     memory (all of them when it is not known); at least one."""
     if available is None:
         return wanted
-    return max(1, min(wanted, int(available * MEMORY_SHARE) // row_bytes - PREFILL_ROWS))
+    return max(1, min(wanted, _room_for_rows(row_bytes, available)))
+
+
+def _room_for_rows(row_bytes: int, available: int) -> int:
+    """Rows of `row_bytes` that fit in MEMORY_SHARE of `available` beside the prefills' own caches
+    (less than 1 when not even one does)."""
+    return int(available * MEMORY_SHARE) // row_bytes - PREFILL_ROWS
 
 
 class PromptLookup:
@@ -115,7 +121,7 @@ def greedy_continuous(model, rows: list[list[int]], max_new: int, eos_ids: set[i
     if (fit := rows_in_memory(n, row_bytes, available)) < n:
         import warnings
 
-        short = available * MEMORY_SHARE < (1 + PREFILL_ROWS) * row_bytes
+        short = _room_for_rows(row_bytes, available) < 1
         warnings.warn(f"decoding {fit} row{'s' * (fit > 1)} at a time instead of {n}: each row's KV cache of "
                       f"{cache.layers[0].capacity} positions takes {row_bytes / 2**30:.2f} GiB, and "
                       f"{available / 2**30:.1f} GiB of memory is available" + (" (even one row may not fit)" * short),

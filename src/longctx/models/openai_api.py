@@ -17,11 +17,12 @@ none by default.
 
 What the model sees is counted locally when a `tokenizer` is given: the prompt itself on the
 completions endpoint, the prompt rendered by the tokenizer's chat template (one user turn, the
-generation prompt added) on the chat endpoint. That count guards the budget before anything is
-sent, and on the chat endpoint the template's own tokens (`prompt_reserve`) are kept free when
-the run fits its samples, so the model sees at most the run's length there too. The server reports its own count in `usage.prompt_tokens`, which is what each row records;
-the first time the two differ a `PromptTokensWarning` says by how much, since the samples were
-fitted to the local count (another tokenizer, a second BOS, another chat template).
+generation prompt added) on the chat endpoint. That count guards the budget before anything is sent,
+and on the chat endpoint the template's own tokens (`prompt_reserve`) are kept free when the run
+fits its samples, so the model sees at most the run's length there too. The server reports its own
+count in `usage.prompt_tokens`, which is what each row records; the first time the two differ a
+`PromptTokensWarning` says by how much, since the samples were fitted to the local count (another
+tokenizer, a second BOS, another chat template).
 """
 
 from __future__ import annotations
@@ -153,7 +154,8 @@ class OpenAIModel:
                     + (", and that its chat template is the tokenizer's" if self.counts_chat_template else ""))
         warnings.warn(f"{self.name}: the server counted {n_server} prompt tokens where the local tokenizer counted "
                       f"{n_local} ({n_server - n_local:+d}); samples are fitted and budgets checked with the local "
-                      f"count, so the model sees other prompt lengths than the run assumes: {hint}", PromptTokensWarning, stacklevel=3)
+                      f"count, so the model sees other prompt lengths than the run assumes: {hint}",
+                      PromptTokensWarning, stacklevel=3)
 
     def _one(self, prompt: str, params: GenParams) -> Completion:
         n_local = self.seen_tokens(prompt)

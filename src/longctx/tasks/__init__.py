@@ -151,8 +151,8 @@ def generate_samples(spec: TaskSpec, length: int, indices: range, ctx: GenContex
     # backend adds around the prompt (GenOptions.reserve). The generators fit the prompt to the rest.
     beyond = ttg + ctx.options.reserve
     if length <= beyond:
-        reserve = f" and {ctx.options.reserve} more around the prompt" if ctx.options.reserve else ""
-        raise UsageError(f"length {length} leaves no room for a prompt: {spec.name} generates {ttg} tokens{reserve}")
+        around = f" and {ctx.options.reserve} more around the prompt" if ctx.options.reserve else ""
+        raise UsageError(f"length {length} leaves no room for a prompt: {spec.name} generates {ttg} tokens{around}")
     verify = ctx.options.verify
     ctx.exact = False
     state: dict = {}
