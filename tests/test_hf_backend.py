@@ -13,6 +13,7 @@ from longctx.errors import UsageError
 from longctx.models import GenParams, load_model
 from longctx.models.hf import PADDING_LEAKS, RECURRENT_FAMILIES, SHRINKABLE, UNCHUNKABLE
 from longctx.models.stateful import PADDED_IN_LOOP, STATEFUL_FAMILIES
+from longctx.models.transformers_compat import output_cache, with_cache
 from tiny_models import FAMILIES, make_checkpoint
 
 # Attention decoders batched continuously on the CPU (rows of their own) and, elsewhere, with
@@ -54,10 +55,10 @@ def padded_and_alone_logits(net, tokenizer):
     with torch.no_grad():
         padded = net(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
         alone = net(input_ids=torch.tensor([short]), use_cache=True)
-        padded_step = net(input_ids=torch.tensor([[5], [5]]), past_key_values=padded.past_key_values, use_cache=True,
+        padded_step = net(input_ids=torch.tensor([[5], [5]]), use_cache=True, **with_cache(net, output_cache(padded)),
                           attention_mask=torch.cat([mask, torch.ones(2, 1, dtype=mask.dtype)], 1),
                           position_ids=positions[:, -1:] + 1)
-        alone_step = net(input_ids=torch.tensor([[5]]), past_key_values=alone.past_key_values, use_cache=True,
+        alone_step = net(input_ids=torch.tensor([[5]]), use_cache=True, **with_cache(net, output_cache(alone)),
                          position_ids=torch.tensor([[len(short)]]))
     return padded.logits[1, pad:], alone.logits[0], padded_step.logits[1], alone_step.logits[0]
 
@@ -241,7 +242,7 @@ def test_minimax_refuses_chunked_prefill_and_its_one_pass_equals_alone(checkpoin
     with torch.no_grad():
         gaps = {}
         for chunk in (0, 16):
-            extra = dict(prefill_chunk_size=chunk, past_key_values=MiniMaxCache()) if chunk else {}
+            extra = dict(prefill_chunk_size=chunk, **with_cache(net, MiniMaxCache())) if chunk else {}
             out = net.generate(ids, max_new_tokens=3, do_sample=False, output_logits=True, return_dict_in_generate=True,
                                pad_token_id=2, **extra)
             want = [net(out.sequences[:, :40 + k], use_cache=False).logits[0, -1] for k in range(3)]
@@ -303,8 +304,7 @@ def test_mamba1_layers_scan_on_from_the_carried_state(checkpoints):
 
     from longctx.models import scan_carry
 
-    for family, cache_arg in (("mamba", "cache_params"), ("falcon_mamba", "cache_params"),
-                              ("jamba", "past_key_values")):
+    for family in ("mamba", "falcon_mamba", "jamba"):
         net = load_model("hf", path=str(checkpoints[family])).model
         modules = {sys.modules[type(m).__module__] for m in scan_carry.carrying_mixers(net)}
         own = {module: getattr(module, scan_carry.SCAN) for module in modules}
@@ -317,7 +317,7 @@ def test_mamba1_layers_scan_on_from_the_carried_state(checkpoints):
                 with scan_carry.scans_carry_state(net) if carry else torch.no_grad():
                     for start in range(0, 60, 16):
                         last[carry] = net(input_ids=ids[:, start:start + 16], use_cache=True,
-                                          **{cache_arg: cache}).logits[:, -1]
+                                          **with_cache(net, cache)).logits[:, -1]
         assert len(modules) == 1
         assert (last[False] - whole).abs().max() > 1e-4, family  # what transformers alone gives
         torch.testing.assert_close(last[True], whole, atol=1e-5, rtol=1e-5)
@@ -576,7 +576,7 @@ def test_reserved_kv_cache_gives_dynamic_cache_logits_exactly(bpe):
         logits = []
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         m = mask
-        out = model(input_ids=ids, attention_mask=m, position_ids=positions, past_key_values=cache, use_cache=True)
+        out = model(input_ids=ids, attention_mask=m, position_ids=positions, use_cache=True, **with_cache(model, cache))
         last = positions[:, -1]
         for step in range(6):
             nxt = out.logits[:, -1].argmax(-1)
@@ -586,7 +586,7 @@ def test_reserved_kv_cache_gives_dynamic_cache_logits_exactly(bpe):
                 cache.batch_select_indices(keep)
                 nxt, m, last = nxt[keep], m[keep], last[keep]
             m, last = torch.cat([m, m.new_ones(m.shape[0], 1)], 1), last + 1
-            out = model(input_ids=nxt[:, None], attention_mask=m, position_ids=last[:, None], past_key_values=cache,
+            out = model(input_ids=nxt[:, None], attention_mask=m, position_ids=last[:, None], **with_cache(model, cache),
                         use_cache=True)
         return logits
 
@@ -622,13 +622,13 @@ def test_rows_of_their_own_compute_what_each_row_computes_alone():
     again = torch.randint(0, 64, (3, 2))
     keep = [1, 3, 2]  # tokens of the first step each row keeps (the rest were rejected guesses)
     def one_at_a_time(tokens, cache):  # as the naive loop feeds them
-        return torch.cat([model(input_ids=t.view(1, 1), past_key_values=cache, use_cache=True).logits[0] for t in tokens])
+        return torch.cat([model(input_ids=t.view(1, 1), use_cache=True, **with_cache(model, cache)).logits[0] for t in tokens])
 
     with torch.no_grad():
         want = []
         for p, fed, kept, fed2 in zip(prompts, new, keep, again):
             alone = DynamicCache(config=config)
-            model(input_ids=p, past_key_values=alone, use_cache=True)
+            model(input_ids=p, use_cache=True, **with_cache(model, alone))
             first = one_at_a_time(fed, alone)
             alone.crop(kept - 3)  # what the row keeps of the step (transformers: minus the tokens removed)
             want.append((first, one_at_a_time(fed2, alone)))
@@ -636,18 +636,18 @@ def test_rows_of_their_own_compute_what_each_row_computes_alone():
         cache = reserved_cache(config, 80)
         for row, p in enumerate(prompts):
             alone = DynamicCache(config=config)
-            model(input_ids=p, past_key_values=alone, use_cache=True)
+            model(input_ids=p, use_cache=True, **with_cache(model, alone))
             for layer, own in zip(cache.layers, alone.layers):
                 layer.place(row, 3, own.keys, own.values)
         ends = [p.shape[1] for p in prompts]
         step_mask.cache_clear()
         with rows_at(ends):
             first = model(input_ids=new, position_ids=torch.tensor(ends)[:, None] + torch.arange(3),
-                          past_key_values=cache, use_cache=True).logits
+                          use_cache=True, **with_cache(model, cache)).logits
         ends = [e + k for e, k in zip(ends, keep)]
         with rows_at(ends):
             second = model(input_ids=again, position_ids=torch.tensor(ends)[:, None] + torch.arange(2),
-                           past_key_values=cache, use_cache=True).logits
+                           use_cache=True, **with_cache(model, cache)).logits
     masks = step_mask.cache_info()  # each step's mask built by its first layer, reused by the second
     assert (masks.misses, masks.hits) == (2, 2), masks
     for row, (w1, w2) in enumerate(want):

@@ -150,6 +150,8 @@ def state_bytes(model, length: int) -> dict[str, int]:
 
     from transformers.cache_utils import Cache
 
+    from ..models.transformers_compat import output_cache
+
     caches: list = []
 
     def grab(_module, args, kwargs):
@@ -163,9 +165,7 @@ def state_bytes(model, length: int) -> dict[str, int]:
     finally:
         for h in hooks:
             h.remove()
-    for key in ("past_key_values", "cache_params", "state"):
-        if getattr(out, key, None) is not None:
-            caches.append(getattr(out, key))
+    caches.extend(c for c in (output_cache(out), out.get("state")) if c is not None)  # RWKV: a state list
     found: dict[int, tuple[str, int]] = {}
     for path, t in _tensors(caches, set(), ""):
         if t.is_floating_point():  # integer tensors are bookkeeping (positions, counters)

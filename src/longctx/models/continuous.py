@@ -108,6 +108,7 @@ def greedy_continuous(model, rows: list[list[int]], max_new: int, eos_ids: set[i
     from .kv_cache import (ReservedLayer, available_memory, beyond_windows_bytes, full_history_cache, reserved_bytes,
                            reserved_cache, rows_at)
     from .row_attention import use_row_attention
+    from .transformers_compat import with_cache
 
     span = draft + 1  # positions fed per row and step
     # A running row holds its prompt and at most max_new - 1 answer tokens, then a step's span.
@@ -147,8 +148,8 @@ def greedy_continuous(model, rows: list[list[int]], max_new: int, eos_ids: set[i
             shared, before = reusable
             for i, layer in enumerate(before.layers):
                 alone.update(layer.keys[:, :, :shared], layer.values[:, :, :shared], i)
-        out = model(input_ids=torch.tensor([tokens[shared:]]), past_key_values=alone, use_cache=True,
-                    logits_to_keep=1)
+        out = model(input_ids=torch.tensor([tokens[shared:]]), use_cache=True, logits_to_keep=1,
+                    **with_cache(model, alone))
         ahead = shared_prefix(tokens, rows[queue[0]]) if queue else 0
         reusable[:] = [ahead, alone] if ahead >= MIN_SHARED else []
         return alone, out.logits
@@ -198,7 +199,7 @@ def greedy_continuous(model, rows: list[list[int]], max_new: int, eos_ids: set[i
         ids = torch.tensor([[last[s]] + guesses[s] for s in range(n)])
         with rows_at(ends):  # positions are columns: a row's prompt starts at column 0
             out = model(input_ids=ids, position_ids=torch.tensor(ends)[:, None] + torch.arange(span),
-                        past_key_values=cache, use_cache=True)
+                        use_cache=True, **with_cache(model, cache))
         predicted = out.logits.argmax(dim=-1).tolist()
         for s in range(n):
             kept = 1  # the model's token after `last`, then each guess it predicted itself

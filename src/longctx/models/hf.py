@@ -31,6 +31,7 @@ from ..tokenizer import Tokenizer, _file_sha256, default_cache_dir, load_tokeniz
 from .base import Completion, GenParams, cut_at_stop, failed, triage
 from .continuous import greedy_continuous
 from .scan_carry import scans_carry_state
+from .transformers_compat import with_cache
 from .stateful import PADDED_IN_LOOP, STATEFUL_FAMILIES, greedy_shrinking, greedy_stateful, takes_logits_to_keep
 
 # Pure attention decoders whose KV cache can drop finished rows mid-batch (each tested on a tiny
@@ -243,7 +244,7 @@ class HFModel:
         if chunked:
             from transformers import DynamicCache
 
-            extra = {"prefill_chunk_size": self.prefill_chunk, "past_key_values": DynamicCache(config=self.model.config)}
+            extra = {"prefill_chunk_size": self.prefill_chunk, **with_cache(self.model, DynamicCache(config=self.model.config))}
         with (scans_carry_state(self.model) if chunked else contextlib.nullcontext(),  # Jamba's Mamba layers
               _argmax_generation_config(self.model)):
             out = self.model.generate(ids, attention_mask=mask, max_new_tokens=max_new, do_sample=False,

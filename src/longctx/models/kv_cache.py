@@ -24,22 +24,43 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from contextvars import ContextVar
+from dataclasses import dataclass
 
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
 
-# Each row's valid cache columns before the current step, while a step of rows of their own runs.
-ROW_ENDS: ContextVar[list[int] | None] = ContextVar("longctx_row_ends", default=None)
+from .transformers_compat import changed
+
+ROWS_PATCH = "Attention over rows of their own (longctx/models/row_attention.py, kv_cache.py)"
+
+
+@dataclass
+class RowStep:
+    """A step of rows of their own: row r's new positions go to its columns ends[r], ends[r] + 1, ...
+    Each reserved cache layer the step writes must then be read by the registered row attention
+    (row_attention.py): counted, so that a transformers that stopped calling either raises."""
+    ends: list[int]
+    written: int = 0
+    read: int = 0
+
+
+# The step in progress, while one runs (continuous batching).
+ROW_STEP: ContextVar[RowStep | None] = ContextVar("longctx_row_step", default=None)
 
 
 @contextmanager
 def rows_at(ends: list[int]):
-    """Run a step in which row r's new positions go to its own columns ends[r], ends[r] + 1, ..."""
-    token = ROW_ENDS.set(list(ends))
+    """Run a step in which row r's new positions go to its own columns ends[r], ends[r] + 1, ...;
+    raises after it unless every cache layer it wrote was read by the row attention."""
+    step = RowStep(list(ends))
+    token = ROW_STEP.set(step)
     try:
-        yield
+        yield step
     finally:
-        ROW_ENDS.reset(token)
+        ROW_STEP.reset(token)
+    if step.written == 0 or step.read != step.written:
+        raise changed(ROWS_PATCH, f"a step wrote {step.written} reserved cache layers and the registered "
+                                  f"attention function read {step.read} (each written layer must be read once)")
 
 
 class ReservedLayer(DynamicLayer):
@@ -64,7 +85,8 @@ class ReservedLayer(DynamicLayer):
 
     def update(self, key_states, value_states, *args, **kwargs):
         self._reserve(key_states.shape[0], key_states, value_states)
-        span, ends = key_states.shape[-2], ROW_ENDS.get()
+        span, step = key_states.shape[-2], ROW_STEP.get()
+        ends = None if step is None else step.ends
         end = (max(ends) if ends is not None else self.length) + span
         if end > self.capacity:
             raise RuntimeError(f"reserved KV cache of {self.capacity} positions asked to hold {end}")
@@ -77,6 +99,8 @@ class ReservedLayer(DynamicLayer):
                 self._values[row, :, at:at + span] = value_states[row]
         self.length = max(self.length, end)
         self._expose()
+        if step is not None:
+            step.written += 1
         return self.keys, self.values
 
     def place(self, row: int, rows: int, keys, values) -> None:
@@ -114,6 +138,17 @@ def reserved_cache(config, capacity: int, windows: bool = False) -> DynamicCache
     if cache.layers and all(type(layer) in kinds for layer in cache.layers):
         cache.layers = [ReservedLayer(capacity, getattr(layer, "sliding_window", None)) for layer in cache.layers]
     return cache
+
+
+def check_filled(cache: DynamicCache, length: int) -> None:
+    """Raise unless every reserved layer of `cache` holds `length` positions after a model call
+    that fed them: transformers writes a cache through each layer's `update`, which ReservedLayer
+    overrides; a release that wrote elsewhere would leave the reserved room unread."""
+    reserved = [layer for layer in cache.layers if isinstance(layer, ReservedLayer)]
+    if short := [layer.length for layer in reserved if layer.length != length]:
+        raise changed("The reserved KV cache (longctx/models/kv_cache.py)",
+                      f"{len(short)} of {len(reserved)} cache layers hold {short[0]} positions after a call "
+                      f"that fed {length}")
 
 
 def full_history_cache(config) -> DynamicCache:

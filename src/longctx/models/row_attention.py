@@ -33,14 +33,16 @@ def row_sdpa_forward(module, query, key, value, attention_mask, dropout: float =
     import torch
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-    from .kv_cache import ROW_ENDS
+    from .kv_cache import ROW_STEP
 
-    ends = ROW_ENDS.get()
-    if ends is None:
+    step = ROW_STEP.get()
+    if step is None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       is_causal=is_causal, **kwargs)
     if kwargs.get("softcap") or kwargs.get("position_bias") is not None or dropout:
         raise NotImplementedError("rows of their own support plain full or sliding-window attention only")
+    step.read += 1
+    ends = step.ends
     batch, heads, span, dim = query.shape
     width = max(ends) + span
     groups = getattr(module, "num_key_value_groups", 1)

@@ -16,6 +16,7 @@ import contextlib
 import functools
 
 from .scan_carry import scans_carry_state
+from .transformers_compat import changed, with_cache
 
 # Families whose forward takes and returns a `state` list: transformers' RWKV (v4) and `rwkv6`,
 # the model_type of the code that RWKV/rwkv-6-world-3b-v2.1 ships (trust_remote_code). That code's
@@ -67,7 +68,7 @@ def _mamba_step(model, ids, state, pads):
     # This call's columns only (Mamba multiplies its input by the mask as given; Mamba2 trims it).
     mask = None if pads is None or n == 1 else real_columns(pads, seen, seen + n).long()
     with scans_carry_state(model) if seen and n > 1 else contextlib.nullcontext():
-        out = model(input_ids=ids, cache_params=cache, attention_mask=mask, use_cache=True, logits_to_keep=1)
+        out = model(input_ids=ids, attention_mask=mask, use_cache=True, logits_to_keep=1, **with_cache(model, cache))
     if pads is not None and n == 1 and bool((padding := pads > seen).any()):
         for i in range(len(cache.layers)):
             for tensor in (cache.get_conv_state(i), cache.get_recurrent_state(i)):
@@ -96,15 +97,26 @@ def _recurrent_gemma_step(model, ids, state, pads):
     positions = positions.masked_fill(positions < 0, 1)  # padding: anywhere but 0 (as `generate` does)
     mask = real_columns(pads, 0, seen + n).long()
     with _convolution_fixed(model, seen, n, pads):
-        out = model(input_ids=ids, position_ids=positions, attention_mask=mask, past_key_values=cache,
-                    use_cache=True, logits_to_keep=1)
+        out = model(input_ids=ids, position_ids=positions, attention_mask=mask, use_cache=True, logits_to_keep=1,
+                    **with_cache(model, cache))
     return out.logits[:, -1], (cache, seen + n, pads)
 
 
+CONVOLUTION_PATCH = "RecurrentGemma's convolution across chunks (longctx/models/stateful.py)"
+
+
 def _recurrent_blocks(model) -> list:
+    """RecurrentGemma's recurrent blocks, each with the `conv_1d` and `conv1d_state` that
+    `_convolution_fixed` patches (checked: without them the fix could not apply)."""
     from transformers.models.recurrent_gemma.modeling_recurrent_gemma import RecurrentGemmaRecurrentBlock
 
-    return [m for m in model.modules() if isinstance(m, RecurrentGemmaRecurrentBlock)]
+    blocks = [m for m in model.modules() if isinstance(m, RecurrentGemmaRecurrentBlock)]
+    if not blocks:
+        raise changed(CONVOLUTION_PATCH, "the model has no RecurrentGemmaRecurrentBlock")
+    for block in blocks:
+        if not hasattr(block, "conv1d_state") or not hasattr(getattr(block, "conv_1d", None), "kernel_size"):
+            raise changed(CONVOLUTION_PATCH, "RecurrentGemmaRecurrentBlock has no conv_1d convolution or conv1d_state")
+    return blocks
 
 
 @contextlib.contextmanager
@@ -115,7 +127,8 @@ def _convolution_fixed(model, seen: int, n: int, pads):
     starts after zeros). It leaves the last columns, so masked, as the state for what follows
     (also right for a call shorter than the kernel). A one-token call goes through transformers'
     decoding branch, which reads and updates the state itself; a row for which that column is
-    padding (only with one-token prefill chunks) gets its zeros back after it."""
+    padding (only with one-token prefill chunks) gets its zeros back after it. A block whose
+    convolution the call did not run through the fix raises (transformers changed the block)."""
     import torch
 
     if n == 1:
@@ -126,11 +139,12 @@ def _convolution_fixed(model, seen: int, n: int, pads):
                 block.conv1d_state[padding] = 0
         return
 
-    patched = []
+    patched, ran = [], set()
     for block in _recurrent_blocks(model):
         conv, carry = block.conv_1d, block.conv1d_state if seen else None  # carry: [batch, channels, kernel - 1]
 
         def fixed(x, conv=conv, carry=carry, block=block, inner=conv.forward):
+            ran.add(id(block))
             joined = x if carry is None else torch.cat([carry, x], dim=-1)
             behind = joined.shape[-1] - x.shape[-1]
             joined = joined.masked_fill(~real_columns(pads, seen - behind, seen + x.shape[-1])[:, None, :], 0)
@@ -139,16 +153,19 @@ def _convolution_fixed(model, seen: int, n: int, pads):
             block.conv1d_state = torch.nn.functional.pad(joined, (max(0, width - joined.shape[-1]), 0))[..., -width:]
             return inner(joined)[..., behind:]  # the block keeps the first len(x)
 
-        patched.append((conv, conv.__dict__.get("forward")))  # an instance forward already there (a hook's)
+        patched.append((block, conv, conv.__dict__.get("forward")))  # an instance forward already there (a hook's)
         conv.forward = fixed
     try:
         yield
     finally:
-        for conv, before in patched:
+        for _, conv, before in patched:
             if before is None:
                 del conv.forward  # the instance attribute: the class's forward again
             else:
                 conv.forward = before
+    if missed := [block for block, _, _ in patched if id(block) not in ran]:
+        raise changed(CONVOLUTION_PATCH, f"{len(missed)} of {len(patched)} recurrent blocks did not run their conv_1d "
+                                         f"through the fix on a call of {n} tokens")
 
 
 def takes_logits_to_keep(model) -> bool:
@@ -202,13 +219,14 @@ def greedy_shrinking(model, ids, mask, max_new: int, eos_ids: set[int]):
     batching is not (off the CPU). Same tokens as `generate` (checked in the tests)."""
     import torch
 
-    from .kv_cache import reserved_cache
+    from .kv_cache import check_filled, reserved_cache
 
     batch = ids.shape[0]
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     cache = reserved_cache(model.config, ids.shape[1] + max_new)
-    logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
-                   use_cache=True, logits_to_keep=1).logits[:, -1]
+    logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1,
+                   **with_cache(model, cache)).logits[:, -1]
+    check_filled(cache, ids.shape[1])
     eos = torch.tensor(sorted(eos_ids) or [-1], device=ids.device)
     produced = [[] for _ in range(batch)]
     alive = torch.arange(batch, device=ids.device)  # original row of each batch position
@@ -227,5 +245,5 @@ def greedy_shrinking(model, ids, mask, max_new: int, eos_ids: set[int]):
         mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
         last_pos = last_pos + 1
         logits = model(input_ids=nxt[:, None], attention_mask=mask, position_ids=last_pos[:, None],
-                       past_key_values=cache, use_cache=True).logits[:, -1]
+                       use_cache=True, **with_cache(model, cache)).logits[:, -1]
     return produced
