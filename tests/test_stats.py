@@ -1,11 +1,18 @@
-"""Statistics on hand-computed cases."""
+"""Statistics on hand-computed cases, and a table of intervals and p-values for n in {2, 5, 30},
+0/1 and partial-credit scores, against values computed independently here."""
 
+import itertools
 import math
 
+import numpy as np
 import pytest
+from scipy.optimize import brentq
+from scipy.stats import binomtest
 
-from longctx.stats import (area_under_length_curve, bootstrap, effective_length, group, interval, mcnemar,
-                           paired_bootstrap, wilson)
+from longctx.stats import (area_under_length_curve, effective_length, false_discovery, group, interval, mcnemar,
+                           paired_permutation, wilson)
+
+Z = 1.959963984540054
 
 
 def test_wilson_matches_the_textbook_value():
@@ -16,11 +23,78 @@ def test_wilson_matches_the_textbook_value():
     assert math.isnan(wilson(0, 0).mean)
 
 
-def test_interval_picks_wilson_for_binary_and_bootstrap_for_partial_credit():
-    assert interval([1, 0, 1, 1]) == wilson(3, 4)
-    b = interval([0.5, 1.0, 0.25, 0.75])
-    assert b.mean == 0.625 and 0.25 <= b.low < 0.625 < b.high <= 1.0
-    assert bootstrap([0.5] * 7).low == bootstrap([0.5] * 7).high == 0.5
+def score_test_roots(mean: float, n: int) -> tuple[float, float]:
+    """The interval inverted from the score test with the largest variance a [0, 1] score of mean
+    p can have, p(1 - p): the p where (mean - p)^2 = z^2 p (1 - p) / n, found numerically."""
+    f = lambda p: (mean - p) ** 2 - Z * Z * p * (1 - p) / n  # noqa: E731
+    low = 0.0 if mean == 0 else brentq(f, 0.0, mean)
+    high = 1.0 if mean == 1 else brentq(f, mean, 1.0)
+    return low, high
+
+
+@pytest.mark.parametrize("n", [2, 5, 30])
+def test_interval_table_against_independent_values(n):
+    """0/1 cells: scipy's Wilson interval. Partial credit: the same score-test inversion, solved
+    numerically; never narrower than a 0/1 cell of the same n and mean, and not zero-width when the
+    scores agree (two scores of 0.4 once gave [40, 40])."""
+    rng = np.random.default_rng(n)
+    binary = [float(x) for x in rng.integers(0, 2, n)]
+    ci = interval(binary)
+    want = binomtest(int(sum(binary)), n).proportion_ci(method="wilson")
+    assert (ci.low, ci.high, ci.n) == (pytest.approx(want.low), pytest.approx(want.high), n)
+    for partial in ([0.4] * n, [float(x) for x in rng.uniform(0, 1, n)]):
+        ci = interval(partial)
+        low, high = score_test_roots(sum(partial) / n, n)
+        assert (ci.low, ci.high) == (pytest.approx(low, abs=1e-9), pytest.approx(high, abs=1e-9))
+    same_mean = interval([0.5] * n if n % 2 else [1.0, 0.0] * (n // 2))  # 0/1 with mean 0.5 where n is even
+    assert interval([0.5] * n).high - interval([0.5] * n).low >= same_mean.high - same_mean.low - 1e-12
+    assert interval([0.4] * n).high - interval([0.4] * n).low > 0.1
+
+
+def exact_sign_flip_p(a, b) -> float:
+    """Two-sided p of the paired sign-flip test, over all 2^n flips, enumerated."""
+    d = [x - y for x, y in zip(a, b)]
+    observed = abs(sum(d))
+    flips = [abs(sum(s * x for s, x in zip(signs, d))) for signs in itertools.product((1, -1), repeat=len(d))]
+    return sum(f >= observed - 1e-12 for f in flips) / len(flips)
+
+
+def exact_mcnemar_p(only_a: int, only_b: int) -> float:
+    n, k = only_a + only_b, min(only_a, only_b)
+    return min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n)
+
+
+@pytest.mark.parametrize("n", [2, 5, 30])
+def test_paired_p_values_against_independent_values(n):
+    rng = np.random.default_rng(100 + n)
+    a, b = [float(x) for x in rng.integers(0, 2, n)], [float(x) for x in rng.integers(0, 2, n)]
+    only_a, only_b, p = mcnemar(a, b)
+    assert (only_a, only_b) == (sum(x > y for x, y in zip(a, b)), sum(x < y for x, y in zip(a, b)))
+    assert p == pytest.approx(exact_mcnemar_p(only_a, only_b) if only_a + only_b else 1.0)
+    a, b = list(rng.uniform(0, 1, n)), list(rng.uniform(0, 1, n))
+    diff, p = paired_permutation(a, b)
+    assert diff == pytest.approx(np.mean(np.subtract(a, b)))
+    if n <= 13:  # exact
+        assert p == pytest.approx(exact_sign_flip_p(a, b))
+    else:  # seeded random flips, against 200,000 flips drawn here
+        flips = np.random.default_rng(7).choice([-1.0, 1.0], size=(200_000, n))
+        d = np.subtract(a, b)
+        reference = np.mean(np.abs(flips @ d) >= abs(d.sum()) - 1e-12)
+        assert p == pytest.approx(reference, abs=0.02)
+
+
+def test_two_pairs_cannot_be_significant():
+    """A paired test on 2 pairs once returned p = 0.0005; two sign flips give at best 0.5."""
+    assert paired_permutation([1.0, 0.9], [0.0, 0.1])[1] == pytest.approx(0.5)
+    assert mcnemar([1, 1], [0, 0])[2] == pytest.approx(0.5)
+    assert paired_permutation([0.5, 1, 0], [0.5, 1, 0]) == (0.0, 1.0)
+
+
+def test_benjamini_hochberg_by_hand():
+    # sorted p 0.01, 0.03, 0.04, 0.5 (m = 4): p * m / rank = 0.04, 0.06, 0.0533, 0.5; then the
+    # running minimum from the largest rank down: 0.04, 0.0533, 0.0533, 0.5
+    assert false_discovery([0.01, 0.04, 0.03, 0.5]) == pytest.approx([0.04, 0.16 / 3, 0.16 / 3, 0.5])
+    assert false_discovery([]) == []
 
 
 def test_effective_length_is_the_longest_length_before_the_first_drop():
@@ -34,16 +108,6 @@ def test_area_under_the_length_curve():
     # log2 lengths 10, 11, 12: trapezoids (1 + 0.5)/2 and (0.5 + 0)/2 over a span of 2
     assert area_under_length_curve({1024: 1.0, 2048: 0.5, 4096: 0.0}) == pytest.approx(0.5)
     assert area_under_length_curve({1024: 1.0, 4096: 1.0}) == 1.0
-
-
-def test_paired_comparisons():
-    a = [1, 1, 1, 1, 1, 0, 1, 0]
-    b = [0, 0, 0, 0, 0, 0, 1, 0]
-    assert mcnemar(a, b) == (5, 0, pytest.approx(0.0625))  # 2 * (1/2)^5
-    assert mcnemar(a, a)[2] == 1.0
-    diff, p = paired_bootstrap([1.0] * 30, [0.0] * 30)
-    assert diff == 1.0 and p < 0.01
-    assert paired_bootstrap([0.5, 1, 0], [0.5, 1, 0]) == (0.0, 1.0)
 
 
 def test_group_by_any_columns_leaves_failed_rows_out():

@@ -93,6 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--threshold", type=float, default=85.6, help="effective-length threshold (default 85.6)")
     rp.add_argument("--by", action="append", default=[],
                     help="an extra table grouped by these columns, e.g. --by model,haystack,length (repeatable)")
+    rp.add_argument("--baseline", help="the model the others are compared with, sample by sample (default: the "
+                    "first model the first run's spec lists)")
 
     lb = sub.add_parser("lab", help="train tiny models of several architectures on the same data and budget, "
                         "evaluate and report them; re-run to resume",
@@ -152,7 +154,7 @@ def cmd_run(args) -> int:
     db_path = Path(args.db) if args.db else spec.db_path
     p = plan(spec)
     if args.dry_run:
-        store = RunStore(db_path) if db_path.exists() else None
+        store = RunStore(db_path, mode="read") if db_path.exists() else None
         print(describe(p, store))
         return 0
     if args.new and db_path.exists():
@@ -214,9 +216,7 @@ def cmd_score(args) -> int:
     from .store import RunStore
 
     path = Path(args.db)
-    if not path.is_file():
-        raise UsageError(f"run database not found: {path}")
-    store = RunStore(path)
+    store = RunStore(path, mode="write")  # refuses a file that is not a longctx run before writing
     n, changed = store.rescore()
     print(f"re-scored {n} predictions in {path}; {changed} scores changed")
     print_summary(store, path)
@@ -227,19 +227,17 @@ def cmd_score(args) -> int:
 def cmd_report(args) -> int:
     from .report import make_report
 
-    for db in args.db:
-        if not Path(db).is_file():
-            raise UsageError(f"run database not found: {db}")
     if not 0 < args.threshold <= 100:
         raise UsageError("--threshold is a score in (0, 100]")
-    from .report.tables import GROUPABLE
+    from .report.rows import GROUPABLE
 
     by = [tuple(k.strip() for k in item.split(",") if k.strip()) for item in args.by]
     for keys in by:
         bad = [k for k in keys if k not in GROUPABLE]
         if bad or not keys:
             raise UsageError(f"--by takes columns from {', '.join(GROUPABLE)}; not {','.join(bad) or 'nothing'}")
-    path = make_report([Path(d) for d in args.db], Path(args.out), args.reference, args.threshold / 100, by)
+    path = make_report([Path(d) for d in args.db], Path(args.out), args.reference, args.threshold / 100, by,
+                       baseline=args.baseline)
     print(f"wrote {path} (tables in {path.parent / 'tables'}, figures in {path.parent / 'figures'})")
     return 0
 

@@ -7,7 +7,6 @@ Scores are fractions in [0, 1] (RULER's metrics); tables print them x100 as the 
 from __future__ import annotations
 
 import math
-import random
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Iterable, Sequence
@@ -24,7 +23,13 @@ class Interval:
 
 
 def wilson(successes: float, n: int, z: float = Z95) -> Interval:
-    """Wilson score interval for a proportion (0/1 scores)."""
+    """Wilson score interval for the mean of n scores in [0, 1] summing to `successes`.
+
+    For 0/1 scores it is the textbook Wilson interval of a proportion. For partial credit it is
+    the same formula on the mean: a score in [0, 1] with mean p has variance at most p(1 - p)
+    (Bhatia-Davis), the variance Wilson's score test assumes, so the interval is never narrower than
+    a 0/1 cell's of the same n and mean, and stays wide at small n even when the scores agree
+    (a bootstrap of two equal scores has zero width)."""
     if n == 0:
         return Interval(float("nan"), float("nan"), float("nan"), 0)
     p = successes / n
@@ -34,21 +39,9 @@ def wilson(successes: float, n: int, z: float = Z95) -> Interval:
     return Interval(p, max(0.0, centre - half), min(1.0, centre + half), n)
 
 
-def bootstrap(scores: Sequence[float], reps: int = 2000, seed: int = 0) -> Interval:
-    """Percentile bootstrap interval of the mean (partial-credit scores), seeded for reproducibility."""
-    n = len(scores)
-    if n == 0:
-        return Interval(float("nan"), float("nan"), float("nan"), 0)
-    rng = random.Random(seed)
-    means = sorted(sum(rng.choices(scores, k=n)) / n for _ in range(reps))
-    return Interval(sum(scores) / n, means[int(0.025 * reps)], means[min(reps - 1, int(0.975 * reps))], n)
-
-
 def interval(scores: Sequence[float]) -> Interval:
-    """Wilson when every score is 0 or 1, else bootstrap."""
-    if all(s in (0.0, 1.0) for s in scores):
-        return wilson(sum(scores), len(scores))
-    return bootstrap(scores)
+    """95 % interval of the mean of scores in [0, 1], 0/1 or partial credit (see `wilson`)."""
+    return wilson(sum(scores), len(scores))
 
 
 def group(rows: Iterable[dict], keys: Sequence[str]) -> dict[tuple, list[float]]:
@@ -89,23 +82,36 @@ def area_under_length_curve(by_length: dict[int, float]) -> float:
 
 
 def mcnemar(a: Sequence[float], b: Sequence[float]) -> tuple[int, int, float]:
-    """Exact McNemar test on paired 0/1 scores: (a right & b wrong, a wrong & b right, two-sided p)."""
+    """Exact McNemar test on paired 0/1 scores: (a right & b wrong, a wrong & b right, two-sided p),
+    the binomial test of the discordant pairs (scipy)."""
+    from scipy.stats import binomtest
+
     only_a = sum(1 for x, y in zip(a, b) if x == 1 and y == 0)
     only_b = sum(1 for x, y in zip(a, b) if x == 0 and y == 1)
-    n = only_a + only_b
-    if n == 0:
+    if only_a + only_b == 0:
         return 0, 0, 1.0
-    k = min(only_a, only_b)
-    p = sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n * 2
-    return only_a, only_b, min(1.0, p)
+    return only_a, only_b, float(binomtest(only_a, only_a + only_b, 0.5).pvalue)
 
 
-def paired_bootstrap(a: Sequence[float], b: Sequence[float], reps: int = 2000, seed: int = 0) -> tuple[float, float]:
-    """Mean difference a - b and a two-sided bootstrap p-value for 'no difference'."""
-    diffs = [x - y for x, y in zip(a, b)]
-    n = len(diffs)
-    observed = sum(diffs) / n
-    rng = random.Random(seed)
-    centred = [d - observed for d in diffs]
-    extreme = sum(abs(sum(rng.choices(centred, k=n)) / n) >= abs(observed) for _ in range(reps))
-    return observed, (extreme + 1) / (reps + 1)
+def paired_permutation(a: Sequence[float], b: Sequence[float], resamples: int = 9999, seed: int = 0) -> tuple[float, float]:
+    """Mean difference a - b and the two-sided p of a paired sign-flip permutation test (scipy's
+    `permutation_test`): exact over all 2^n flips up to n = 13, else `resamples` seeded random
+    flips. Valid at any n for partial credit: two pairs can never give p below 0.5."""
+    import numpy as np
+    from scipy.stats import permutation_test
+
+    diffs = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
+    observed = float(diffs.mean())
+    if not diffs.any():
+        return observed, 1.0
+    result = permutation_test((np.asarray(a, dtype=float), np.asarray(b, dtype=float)),
+                              lambda x, y, axis: np.mean(x - y, axis=axis), permutation_type="samples",
+                              vectorized=True, n_resamples=resamples, alternative="two-sided", rng=seed)
+    return observed, float(result.pvalue)
+
+
+def false_discovery(pvalues: Sequence[float]) -> list[float]:
+    """Benjamini-Hochberg adjusted p-values (q) over one family of comparisons (scipy)."""
+    from scipy.stats import false_discovery_control
+
+    return [float(q) for q in false_discovery_control(list(pvalues), method="bh")] if pvalues else []

@@ -37,17 +37,46 @@ CREATE TABLE IF NOT EXISTS scores (
 """
 
 
+TABLES = {"run", "samples", "predictions", "examples", "scores"}
+
+
 class RunStore:
-    def __init__(self, path: Path):
+    """One run database. `mode`: "create" (`run`: created if absent; an existing file must be a
+    longctx run or empty), "write" (`score`: an existing longctx run, opened for writing) or "read"
+    (`report`, dry runs: an existing longctx run, opened read-only, so nothing can change it)."""
+
+    def __init__(self, path: Path, mode: str = "create"):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if mode != "create" and not self.path.is_file():
+            raise UsageError(f"run database not found: {self.path}")
         try:
-            self.db = sqlite3.connect(str(self.path), timeout=30, isolation_level=None)
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable against process crashes
-            self.db.executescript(SCHEMA)
+            if mode == "create":
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self.db = sqlite3.connect(str(self.path), timeout=30, isolation_level=None)
+            else:
+                uri = f"file:{self.path.resolve()}?mode={'ro' if mode == 'read' else 'rw'}"
+                self.db = sqlite3.connect(uri, uri=True, timeout=30, isolation_level=None)
+            self._check_is_a_run(created=mode == "create")
+            if mode != "read":
+                self.db.execute("PRAGMA journal_mode=WAL")
+                self.db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable against process crashes
+            if mode == "create":
+                self.db.executescript(SCHEMA)
         except sqlite3.DatabaseError as e:
             raise UsageError(f"{self.path} is not a longctx run database ({e})") from None
+        except OSError as e:
+            raise UsageError(f"cannot open the run database {self.path}: {e.strerror or e}") from None
+
+    def _check_is_a_run(self, created: bool) -> None:
+        """Refuse a file that is some other program's SQLite database (before anything is written
+        to it); an empty file is a run yet to start only where it may be created."""
+        tables = {name for (name,) in self.db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if not tables and created:
+            return
+        if not TABLES <= tables or tables - TABLES:
+            other = sorted(tables - TABLES)
+            what = f"it holds other tables ({', '.join(other[:5])})" if other else "it has no longctx tables"
+            raise UsageError(f"{self.path} is not a longctx run database: {what}; give another path")
 
     def close(self) -> None:
         self.db.close()

@@ -2,28 +2,41 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
+from ..files import staged_folder
 from .figures import depth_heatmaps, length_curves, task_multiples
 from .html import write_html
-from .tables import build_tables, group_table, interval_table, load_rows, paired_table, write_tables
+from .rows import load_rows, spec_model_order
+from .tables import build_tables, group_table, interval_table, paired_table, write_tables
+
+# What a report folder holds (the lab adds lab.md): only these may be replaced by a new report.
+REPORT_NAMES = {"report.html", "tables", "figures", "lab.md"}
 
 
 def make_report(db_paths, out: Path, reference: bool = False, threshold: float = 0.856, by=(), lead_tables=(),
-                extra_figures=()) -> Path:
-    """Tables, figures and report.html of the runs; `lead_tables` and `extra_figures` (the lab's)
-    come first in the page."""
+                extra_figures=(), baseline: str | None = None) -> Path:
+    """Tables, figures and report.html of the runs, written to a fresh folder that then replaces
+    `out` whole; `lead_tables` and `extra_figures` (the lab's) come first in the page. The paired
+    comparison is against `baseline`, by default the first model the first run's spec lists."""
     rows, info = load_rows(db_paths)
-    tables = list(lead_tables) + build_tables(rows, info, reference=reference, threshold=threshold) + \
-        [interval_table(rows)]
-    for keys in by:
-        tables.append(group_table(rows, list(keys)))
-    if len({r["model"] for r in rows}) > 1:
-        tables.append(paired_table(rows))
-    write_tables(tables, out / "tables")
-    figures = list(extra_figures) + depth_heatmaps(rows, out / "figures") + length_curves(rows, info, out / "figures") + \
-        task_multiples(rows, out / "figures")
-    return write_html(out, db_paths, tables, figures, rows)
+    models = {r["model"] for r in rows}
+    with staged_folder(out, REPORT_NAMES) as stage:
+        tables = list(lead_tables) + build_tables(rows, info, reference=reference, threshold=threshold) + \
+            [interval_table(rows)]
+        for keys in by:
+            tables.append(group_table(rows, list(keys)))
+        if len(models) > 1:
+            tables.append(paired_table(rows, baseline or next((m for m in spec_model_order(db_paths) if m in models),
+                                                     min(models))))
+        write_tables(tables, stage / "tables")
+        (stage / "figures").mkdir()
+        lead = [Path(shutil.copy2(p, stage / "figures" / Path(p).name)) for p in extra_figures]
+        figures = lead + depth_heatmaps(rows, stage / "figures") + length_curves(rows, info, stage / "figures") + \
+            task_multiples(rows, stage / "figures")
+        write_html(stage, db_paths, tables, figures, rows)
+    return out / "report.html"
 
 
 __all__ = ["make_report", "build_tables", "load_rows"]

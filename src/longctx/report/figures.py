@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..stats import means
 from ..tasks import RULER_TASKS
-from .tables import task_averages
+from .tables import ruler_cells, set_average, set_label, task_sets
 
 
 def _plt():
@@ -30,6 +30,11 @@ def _save(fig, out: Path, stem: str) -> list[Path]:
         fig.savefig(p, dpi=110, bbox_inches="tight")
     _plt().close(fig)
     return paths
+
+
+def model_colours(rows) -> dict[str, str]:
+    """One colour per model, the same in every figure of a report (matplotlib's cycle, by name)."""
+    return {m: f"C{i % 10}" for i, m in enumerate(sorted({r["model"] for r in rows}))}
 
 
 def _means(rows, keys):
@@ -71,49 +76,62 @@ def draw_heatmap(ax, cell: dict, depths: list, lengths: list, fontsize: int = 8)
 
 
 def length_curves(rows, info, out: Path) -> list[Path]:
-    """RULER average vs length, one line per model, its training length marked."""
+    """Table 1's first average (the tasks every model ran) vs length, one line per model, its
+    training length marked; a length where a model misses one of the tasks is left out."""
     plt = _plt()
-    ruler = [r for r in rows if r["task"] in RULER_TASKS]
-    if not ruler:
+    cells = ruler_cells(rows)
+    if not cells:
         return []
-    averages = task_averages(_means(ruler, ("model", "task", "length")))
+    tasks, models = task_sets(cells)[0]
+    lengths = sorted({n for _, _, n in cells})
+    colours = model_colours(rows)
     fig, ax = plt.subplots(figsize=(6, 4))
-    for model in sorted({r["model"] for r in ruler}):
-        curve = sorted((n, v) for (m, n), v in averages.items() if m == model)
-        line, = ax.plot([n for n, _ in curve], [v for _, v in curve], marker="o", label=model)
+    for model in models:
+        curve = [(n, a) for n in lengths if (a := set_average(cells, model, tasks, n)) is not None]
+        ax.plot([n for n, _ in curve], [100 * a for _, a in curve], marker="o", label=model, color=colours[model])
         train = (info.get(model) or {}).get("train_context")
         if train:
-            ax.axvline(train, color=line.get_color(), linestyle=":", alpha=0.8)
+            ax.axvline(train, color=colours[model], linestyle=":", alpha=0.8)
     ax.set_xscale("log", base=2)
     ax.set_xlabel("context length (tokens); dotted: training length")
-    ax.set_ylabel("RULER average")
+    ax.set_ylabel(set_label(tasks) if len(set_label(tasks)) < 40 else f"average of {len(tasks)} RULER tasks")
     ax.set_ylim(0, 100)
     ax.legend(fontsize=8)
     return _save(fig, out, "length_curves")
 
 
 def task_multiples(rows, out: Path) -> list[Path]:
-    """One small panel per RULER task: score vs length for every model."""
+    """One small panel per RULER task (depth variants counted toward their task): score vs length
+    for every model."""
     plt = _plt()
-    ruler = [r for r in rows if r["task"] in RULER_TASKS]
-    tasks = [t for t in RULER_TASKS if any(r["task"] == t for r in ruler)]
+    cell = {k: 100 * sum(v) / len(v) for k, v in ruler_cells(rows).items()}
+    tasks = [t for t in RULER_TASKS if any(t2 == t for _, t2, _ in cell)]
     if not tasks:
         return []
-    cell = _means(ruler, ("model", "task", "length"))
+    colours = model_colours(rows)
     cols = min(4, len(tasks))
     nrows = -(-len(tasks) // cols)
     fig, axes = plt.subplots(nrows, cols, figsize=(3 * cols, 2.4 * nrows), squeeze=False, sharey=True)
     for ax, task in zip(axes.flat, tasks):
         for model in sorted({m for m, t, _ in cell if t == task}):
             pts = sorted((n, v) for (m, t, n), v in cell.items() if m == model and t == task)
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=".", label=model)
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=".", label=model, color=colours[model])
         ax.set_xscale("log", base=2)
         ax.set_title(task, fontsize=9)
         ax.set_ylim(0, 100)
     for ax in list(axes.flat)[len(tasks):]:
         ax.axis("off")
-    axes.flat[0].legend(fontsize=7)
+    fig.legend(*_legend(axes), fontsize=7, loc="lower right")
     return _save(fig, out, "tasks")
+
+
+def _legend(axes):
+    """Every model's line once, from whichever panel has it (a model may miss a task)."""
+    seen = {}
+    for ax in axes.flat:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            seen.setdefault(label, handle)
+    return list(seen.values()), list(seen)
 
 
 def _safe(name: str) -> str:

@@ -1,29 +1,29 @@
 """The study's tables from one or more run databases, in Markdown, CSV and LaTeX.
 
-Table 1: RULER average (mean over the 13 tasks of each task's mean) per model and length.
-Tables 6-18: one per RULER task, per model and length. Tables 2-3: single-needle depth sweeps
-(niah_single_2 at fixed depths) at 1x and 2x each model's training length. Table 4: the
-haystack/key/value formats by (length, depth). Values are scores x100, as in the paper; with
-`reference=True` the published number for the same model and cell is shown beside ours.
+Table 1: RULER average (mean over tasks of each task's mean) per model and length, every model of
+a table averaged over the same tasks, named in its title: first over the tasks every model ran,
+then one table per larger task set some models ran. Tables 6-18: one per RULER task. Depth
+variants of a RULER task (`niah_single_1:depth=50`) count toward their task there. Tables 2-3:
+single-needle depth sweeps (niah_single_2 at fixed depths) at 1x and 2x each model's training
+length. Table 4: the haystack/key/value formats by (length, depth). Values are scores x100, as in
+the paper, each with the number of samples per cell (n); with `reference=True` the published
+number for the same model and cell is shown beside ours, where it measures the same thing.
 """
 
 from __future__ import annotations
 
 import csv
 import io
-import json
 from collections import defaultdict
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-from ..stats import area_under_length_curve, effective_length, group, interval, mcnemar, means, paired_bootstrap
+from ..errors import UsageError
+from ..stats import area_under_length_curve, effective_length, false_discovery, group, interval, mcnemar, \
+    paired_permutation
 from ..tasks import FORMATS, RULER_TASKS
-
-
-# Sample metadata that becomes a column for grouping (besides model, task, base_task, length, depth).
-GROUP_COLUMNS = ("haystack", "key_type", "value_type", "family")
-GROUPABLE = ("model", "task", "base_task", "length", "depth", "run", *GROUP_COLUMNS)
+from .rows import GROUPABLE, load_rows  # noqa: F401  (re-exported: the report's entry points)
 
 
 @dataclass
@@ -34,31 +34,36 @@ class Table:
     rows: list[list] = field(default_factory=list)  # first cell: the row label
 
 
-def load_rows(db_paths) -> tuple[list[dict], dict[str, dict]]:
-    """Every prediction of the runs, with base task, depth and format columns; and model info."""
-    from ..store import RunStore
-
-    rows, info = [], {}
-    for path in db_paths:
-        store = RunStore(Path(path))
-        for r in store.results():
-            meta = json.loads(r["meta"])
-            params = meta.get("params", {})
-            base = r["task"].split(":")[0]
-            rows.append(r | {"base_task": base, "depth": params.get("depth"), "run": str(path),
-                             **{k: meta.get(k, params.get(k)) for k in GROUP_COLUMNS}})
-        info |= store.model_info()
-        store.close()
-    return rows, info
+def ruler_cells(rows: list[dict]) -> dict[tuple, list[float]]:
+    """(model, RULER task, length) -> scores, depth variants counted toward their task."""
+    return group([r for r in rows if r["ruler_task"]], ("model", "ruler_task", "length"))
 
 
-def task_averages(per_task: dict[tuple, float]) -> dict[tuple, float]:
-    """(model, length) -> mean over tasks of each task's mean, from (model, task, length) means:
-    RULER's average, the quantity of Table 1 and of the length curves."""
-    acc = defaultdict(list)
-    for (model, _, length), value in per_task.items():
-        acc[(model, length)].append(value)
-    return {k: sum(v) / len(v) for k, v in acc.items()}
+def task_sets(cells: dict[tuple, list[float]]) -> list[tuple[tuple[str, ...], list[str]]]:
+    """The task sets Table 1 averages, each with the models that ran all of its tasks: the tasks
+    every model ran, then each larger set some model ran (tasks in RULER's order)."""
+    ran: dict[str, set] = defaultdict(set)
+    for model, task, _ in cells:
+        ran[model].add(task)
+    ordered = lambda tasks: tuple(t for t in RULER_TASKS if t in tasks)  # noqa: E731
+    common = ordered(set.intersection(*ran.values())) if ran else ()
+    sets = [common] if common else []
+    sets += sorted({ordered(t) for t in ran.values()} - {common}, key=lambda t: (-len(t), t))
+    return [(tasks, sorted(m for m in ran if set(tasks) <= ran[m])) for tasks in sets]
+
+
+def set_average(cells: dict[tuple, list[float]], model: str, tasks, length: int) -> float | None:
+    """Mean over `tasks` of the model's task means at `length`; None unless it ran every one."""
+    scores = [cells.get((model, t, length)) for t in tasks]
+    if not all(scores):
+        return None
+    return sum(sum(s) / len(s) for s in scores) / len(scores)
+
+
+def set_label(tasks) -> str:
+    if len(tasks) == len(RULER_TASKS):
+        return "RULER average (all 13 tasks)"
+    return f"average of {len(tasks)} of RULER's 13 tasks ({', '.join(tasks)})"
 
 
 def _fmt_length(n: int) -> str:
@@ -76,45 +81,66 @@ def _cell(value: float | None, ref: float | None = None) -> str:
     return text if ref is None else f"{text} ({ref:.2f})"
 
 
+def _n(counts) -> str:
+    """Samples per cell: one number, or the range where cells differ."""
+    counts = sorted(c for c in counts if c)
+    if not counts:
+        return "-"
+    return str(counts[0]) if counts[0] == counts[-1] else f"{counts[0]}-{counts[-1]}"
+
+
+def _mean(scores) -> float | None:
+    return sum(scores) / len(scores) if scores else None
+
+
 def build_tables(rows: list[dict], info: dict[str, dict], reference: bool = False,
                  threshold: float = 0.856) -> list[Table]:
     refs = reference_values() if reference else {}
     models = sorted({r["model"] for r in rows})
-    ruler = [r for r in rows if r["task"] in RULER_TASKS]
-    lengths = sorted({r["length"] for r in ruler})
-    tables, curves = [], {}
-    per_task = means(ruler, ("model", "task", "length"))
-    averages = task_averages(per_task)
-    if ruler:
-        n_tasks = len({r["task"] for r in ruler})
-        what = "RULER average" if n_tasks == len(RULER_TASKS) else f"average of the {n_tasks} RULER tasks run"
-        t = Table("table1", f"{what} per length (Table 1)", ["model", *map(_fmt_length, lengths), "Avg"])
-        for m in models:
-            avgs = [averages.get((m, n)) for n in lengths]
-            done = [a for a in avgs if a is not None]
-            cells = [_cell(a, refs.get((1, "ruler_avg", m, _fmt_length(n)))) for a, n in zip(avgs, lengths)]
-            t.rows.append([m, *cells, _cell(sum(done) / len(done) if done else None)])
-            curves[m] = {n: a for n, a in zip(lengths, avgs) if a is not None}
-        tables.append(t)
-        e = Table("effective", f"effective context length (RULER average > {100 * threshold:.1f}) and area under "
-                  "the length curve", ["model", "training length", "effective length", "AUC"])
-        for m, curve in curves.items():
-            eff = effective_length(curve, threshold) if curve else None
-            train = (info.get(m) or {}).get("train_context")
-            e.rows.append([m, _fmt_length(train) if train else "-", _fmt_length(eff) if eff else "-",
-                           f"{100 * area_under_length_curve(curve):.2f}" if curve else "-"])
-        tables.append(e)
+    cells = ruler_cells(rows)
+    lengths = sorted({n for _, _, n in cells})
+    tables = []
+    for i, (tasks, members) in enumerate(task_sets(cells)):
+        tables += _table1(cells, tasks, members, lengths, info, refs, threshold, suffix="" if i == 0 else f"_{i + 1}")
     for number, task in enumerate(RULER_TASKS, start=6):
-        cells = [(m, n) for m in models for n in lengths if (m, task, n) in per_task]
-        if not cells:
+        if not any(t == task for _, t, _ in cells):
             continue
-        t = Table(f"task_{task}", f"{task} per length (Table {number})", ["model", *map(_fmt_length, lengths)])
+        t = Table(f"task_{task}", f"{task} per length (Table {number})", ["model", *map(_fmt_length, lengths), "n"])
         for m in models:
-            t.rows.append([m, *[_cell(per_task.get((m, task, n)), refs.get((number, task, m, _fmt_length(n))))
-                                for n in lengths]])
+            here = [cells.get((m, task, n)) for n in lengths]
+            t.rows.append([m, *[_cell(_mean(v), refs.get((number, task, m, _fmt_length(n))))
+                                for v, n in zip(here, lengths)], _n(len(v) for v in here if v)])
         tables.append(t)
     tables += _depth_tables(rows, info, models, refs) + _format_tables(rows, models, refs)
     return tables
+
+
+def _table1(cells, tasks, models, lengths, info, refs, threshold, suffix: str) -> list[Table]:
+    """Table 1 over one task set, and the effective length and AUC of its curves. The paper's
+    values (its 13-task averages) are shown only beside 13-task averages."""
+    full = len(tasks) == len(RULER_TASKS)
+    note = "" if full or not refs else "; the paper's values are left out: they average all 13 tasks"
+    t = Table(f"table1{suffix}", f"{set_label(tasks)} per length (Table 1){note}",
+              ["model", *map(_fmt_length, lengths), "Avg", "n"])
+    e = Table(f"effective{suffix}", f"effective context length ({set_label(tasks)} > {100 * threshold:.1f}) and "
+              "area under the length curve", ["model", "training length", "effective length", "AUC"])
+    for m in models:
+        avgs = [set_average(cells, m, tasks, n) for n in lengths]
+        complete = all(a is not None for a in avgs)
+        ref = (lambda column: refs.get((1, "ruler_avg", m, column))) if full else (lambda column: None)
+        t.rows.append([m, *[_cell(a, ref(_fmt_length(n))) for a, n in zip(avgs, lengths)],
+                       _cell(sum(avgs) / len(avgs) if complete else None),
+                       _n(len(cells[(m, task, n)]) for task in tasks for n in lengths if (m, task, n) in cells)])
+        ran = {}  # the lengths before the first one it did not run
+        for n, a in zip(lengths, avgs):
+            if a is None:
+                break
+            ran[n] = a
+        eff = effective_length(ran, threshold) if ran else None
+        train = (info.get(m) or {}).get("train_context")
+        e.rows.append([m, _fmt_length(train) if train else "-", _fmt_length(eff) if eff else "-",
+                       f"{100 * area_under_length_curve(ran):.2f}" if complete else "-"])
+    return [t, e]
 
 
 def _depth_tables(rows, info, models, refs) -> list[Table]:
@@ -126,16 +152,17 @@ def _depth_tables(rows, info, models, refs) -> list[Table]:
     out = []
     for factor, number, name in ((1, 2, "niah_depth_at_train_len"), (2, 3, "niah_depth_at_2x_train_len")):
         t = Table(f"depth_{factor}x", f"single needle by depth at {factor}x training length (Table {number})",
-                  ["model", "length", *map(str, depths), "Avg"])
+                  ["model", "length", *map(str, depths), "Avg", "n"])
         for m in models:
             train = (info.get(m) or {}).get("train_context")
             n = train * factor if train else None
-            means = [(lambda v: sum(v) / len(v) if v else None)(cells.get((m, n, d))) for d in depths]
-            if n is None or all(v is None for v in means):
+            here = [cells.get((m, n, d)) for d in depths]
+            if n is None or not any(here):
                 continue
-            done = [v for v in means if v is not None]
-            t.rows.append([m, _fmt_length(n), *[_cell(v, refs.get((number, name, m, str(d)))) for v, d in zip(means, depths)],
-                           _cell(sum(done) / len(done), refs.get((number, name, m, "Avg")))])
+            values = [_mean(v) for v in here]
+            done = [v for v in values if v is not None]
+            t.rows.append([m, _fmt_length(n), *[_cell(v, refs.get((number, name, m, str(d)))) for v, d in zip(values, depths)],
+                           _cell(sum(done) / len(done), refs.get((number, name, m, "Avg"))), _n(len(v) for v in here if v)])
         if t.rows:
             out.append(t)
     return out
@@ -150,18 +177,19 @@ def _format_tables(rows, models, refs) -> list[Table]:
         cells = group(sub, ("model", "length", "depth"))
         cols = sorted({(r["length"], r["depth"]) for r in sub}, key=lambda c: (c[0], -1 if c[1] is None else c[1]))
         t = Table(f"format_{fmt}", f"{fmt} by length and depth (Table 4)",
-                  ["model", *[f"{_fmt_length(n)}@{d}" for n, d in cols]])
+                  ["model", *[f"{_fmt_length(n)}@{d}" for n, d in cols], "n"])
         for m in models:
             vals = [cells.get((m, n, d)) for n, d in cols]
-            t.rows.append([m, *[_cell(sum(v) / len(v) if v else None, refs.get((4, fmt, m, f"{n},{d}")))
-                                for v, (n, d) in zip(vals, cols)]])
+            t.rows.append([m, *[_cell(_mean(v), refs.get((4, fmt, m, f"{n},{d}"))) for v, (n, d) in zip(vals, cols)],
+                           _n(len(v) for v in vals if v)])
         out.append(t)
     return out
 
 
 def interval_table(rows: list[dict]) -> Table:
-    """Every (model, task, length) cell with its mean and 95 % interval (Wilson or bootstrap)."""
-    t = Table("cells", "every cell with its 95 % confidence interval", ["model", "task", "length", "n", "mean", "low", "high"])
+    """Every (model, task, length) cell with its mean and 95 % Wilson interval (stats.wilson)."""
+    t = Table("cells", "every cell with its 95 % confidence interval (Wilson; for partial credit with the largest "
+              "variance a score in [0, 1] with that mean can have)", ["model", "task", "length", "n", "mean", "low", "high"])
     for (m, task, n), scores in sorted(group(rows, ("model", "task", "length")).items()):
         ci = interval(scores)
         t.rows.append([m, task, str(n), str(ci.n), f"{100 * ci.mean:.2f}", f"{100 * ci.low:.2f}", f"{100 * ci.high:.2f}"])
@@ -178,29 +206,36 @@ def group_table(rows: list[dict], keys: list[str]) -> Table:
     return t
 
 
-def paired_table(rows: list[dict]) -> Table:
-    """Each model against the first (alphabetically) on the same samples, paired by (task, length,
-    index): the mean difference and whether it is real (exact McNemar for 0/1 scores, paired
-    bootstrap otherwise)."""
-    t = Table("paired", "paired comparison on the same samples (difference x100, two-sided p)",
-              ["model", "vs", "task", "length", "n", "difference", "p", "test"])
-    scores = {(r["model"], r["task"], r["length"], r["idx"]): r["score"] for r in rows if r["score"] is not None}
+def paired_table(rows: list[dict], baseline: str) -> Table:
+    """Every other model against `baseline` on the same samples, paired by (task, length, index):
+    the mean difference, its two-sided p (exact McNemar for 0/1 scores, an exact or seeded
+    sign-flip permutation test for partial credit) and q, the p adjusted by Benjamini-Hochberg
+    over all the comparisons of the table."""
     models = sorted({r["model"] for r in rows})
+    if baseline not in models:
+        raise UsageError(f"--baseline {baseline!r} is not a model of these runs ({', '.join(models)})")
+    scores = {(r["model"], r["task"], r["length"], r["idx"]): r["score"] for r in rows if r["score"] is not None}
     cells = sorted({(task, n) for _, task, n, _ in scores})
-    for other in models[1:]:
+    found = []
+    for other in (m for m in models if m != baseline):
         for task, n in cells:
-            idx = sorted(i for m, t2, n2, i in scores if m == models[0] and t2 == task and n2 == n
+            idx = sorted(i for m, t2, n2, i in scores if m == baseline and t2 == task and n2 == n
                          and (other, task, n, i) in scores)
             if not idx:
                 continue
-            a = [scores[(models[0], task, n, i)] for i in idx]
+            a = [scores[(baseline, task, n, i)] for i in idx]
             b = [scores[(other, task, n, i)] for i in idx]
             if all(x in (0.0, 1.0) for x in a + b):
-                p, test = mcnemar(a, b)[2], "McNemar"
+                p, test = mcnemar(a, b)[2], "McNemar (exact)"
             else:
-                p, test = paired_bootstrap(a, b)[1], "paired bootstrap"
-            diff = (sum(a) - sum(b)) / len(idx)
-            t.rows.append([models[0], other, task, str(n), str(len(idx)), f"{100 * diff:+.2f}", f"{p:.3g}", test])
+                p, test = paired_permutation(a, b)[1], "sign-flip permutation"
+            found.append((other, task, n, len(idx), (sum(a) - sum(b)) / len(idx), p, test))
+    q = false_discovery([f[5] for f in found])
+    t = Table("paired", f"paired comparison with {baseline} on the same samples (difference x100; p two-sided; "
+              f"q: Benjamini-Hochberg over the {len(found)} comparisons)",
+              ["model", "vs", "task", "length", "n", "difference", "p", "q", "test"])
+    for (other, task, n, count, diff, p, test), qv in zip(found, q):
+        t.rows.append([baseline, other, task, str(n), str(count), f"{100 * diff:+.2f}", f"{p:.3g}", f"{qv:.3g}", test])
     return t
 
 
