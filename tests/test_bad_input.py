@@ -70,6 +70,21 @@ CASES = [
     ("override-type", None, ["--lengths=abc"], "lengths must be token counts"),
     ("changed-spec", None, ["--seed=1"], "different spec"),
     ("qa-too-short", put(tasks=["qa_2"], lengths=[128], db="{tmp}/short.sqlite"), [], "qa_2"),
+    # Checked for every model before the run database is touched (nothing of the first model runs).
+    ("model-path-missing", model(backend="hf", args={"path": "{tmp}/nowhere"}), [], "path {tmp}/nowhere not found"),
+    ("model-path-not-checkpoint", model(backend="hf", args={"path": "{tmp}/empty"}), [], "without a config.json"),
+    ("gguf-not-gguf", model(backend="hf", args={"path": "{tmp}/junk.gguf"}), [], "is not a GGUF file"),
+    ("tokenizer-folder-empty", model(args={"tokenizer": "{tmp}/empty"}), [], "holds no tokenizer files"),
+    ("second-model-typo", put(models=[{"name": "a", "backend": "mock"},
+                                      {"name": "b", "backend": "hf", "args": {"path": "./no/such/dir"}}]), [],
+     "model 'b': path ./no/such/dir not found"),
+    ("length-beyond-memory", put(lengths=[1_000_000_000]), [], "GiB to generate"),
+    ("db-unwritable", put(db="/proc/longctx/run.sqlite"), [], "cannot write the run database"),
+    ("db-is-folder", put(db="{tmp}/empty"), [], "is a folder"),
+    ("ray-unreachable", None, ["--executor=ray", "--address=127.0.0.1:9"], "cannot reach the Ray cluster at 127.0.0.1:9"),
+    ("ray-address-syntax", None, ["--executor=ray", "--address=somewhere"], "--address must look like HOST:PORT"),
+    ("backend-never-answers", model(args={"fail": "connection refused"}, name="dead"), ["--db={tmp}/dead.sqlite"],
+     "every call of model dead failed (first: connection refused)"),
 ]
 
 
@@ -101,9 +116,11 @@ def test_bad_spec_is_one_line_exit_2_and_harmless(case, existing_run, tmp_path, 
         text = yaml.safe_dump((change or (lambda s: s))(dict(good))).replace("{tmp}", str(tmp_path))
     path = tmp_path / "spec.yaml"
     path.write_text(text)
-    assert main(["run", str(path), *args]) == 2
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "junk.gguf").write_bytes(b"not a gguf file")
+    assert main(["run", str(path), *[a.replace("{tmp}", str(tmp_path)) for a in args]]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("longctx: error:") and "\n" not in err and message in err, err
+    assert err.startswith("longctx: error:") and "\n" not in err and message.replace("{tmp}", str(tmp_path)) in err, err
     assert snapshot(root / "run.sqlite") == before
 
 

@@ -892,3 +892,13 @@ def test_length_bands_keep_unlike_lengths_apart():
 
     encoded = [[0] * n for n in (100, 110, 130, 1000, 1200, 5000)]
     assert _length_bands(list(range(6)), encoded) == [[0, 1, 2], [3, 4], [5]]
+
+
+def test_loading_shows_no_progress_bars_of_transformers_own(checkpoints, capfd):
+    """A checkpoint's load (weights, GGUF conversion) prints no progress bar into a run's log; the
+    user's own setting is back afterwards."""
+    from transformers.utils import logging
+
+    assert logging.is_progress_bar_enabled()
+    load_model("hf", path=str(checkpoints["llama"]))
+    assert "Loading weights" not in capfd.readouterr().err and logging.is_progress_bar_enabled()

@@ -6,6 +6,7 @@ User errors (bad arguments, missing data, impossible lengths) print one line and
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.util
 import sys
 import time
@@ -73,10 +74,14 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="run a spec (YAML) into its run database; re-run to resume",
                        epilog="Any --key=value after the spec overrides it (dotted keys: --models.0.args.batch_size=2).")
     r.add_argument("spec", help="run spec, e.g. configs/quickstart.yaml")
-    r.add_argument("--dry-run", action="store_true", help="print cells, samples, tokens and a time estimate; run nothing")
+    r.add_argument("--dry-run", action="store_true", help="print cells, samples, tokens and a time estimate from a few "
+                   "samples run through each model (or this run's own measurements); store nothing")
+    r.add_argument("--no-probe", action="store_true", help="with --dry-run: load no model (no time estimate)")
     r.add_argument("--new", action="store_true", help="start the run over (the old database is kept as .old-N)")
     r.add_argument("--retry-failed", action="store_true", help="recompute predictions stored with an error")
     r.add_argument("--db", help="run database path (default runs/<name>.sqlite)")
+    r.add_argument("--data-dir", help="folder with the corpora (default: the spec's data_dir, $LONGCTX_DATA or "
+                   "~/.cache/longctx/data); not part of the run's identity")
     r.add_argument("--executor", default="local", choices=["local", "ray"], help="where predictions run (default local)")
     r.add_argument("--address", help="Ray cluster address (default: start a local Ray runtime)")
     r.add_argument("--workers", type=int, help="Ray workers per model (default: one per GPU, or per --cpus-per-worker)")
@@ -143,53 +148,74 @@ def cmd_generate(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
     from .config import load_spec
-    from .runner import describe, plan, run
+    from .files import exclusive_lock
+    from .preflight import preflight
+    from .runner import describe, plan
     from .store import RunStore
 
     spec = load_spec(args.spec, args.overrides)
+    if args.data_dir:
+        spec = dataclasses.replace(spec, data_dir=args.data_dir)
     db_path = Path(args.db) if args.db else spec.db_path
     p = plan(spec)
     if args.dry_run:
         store = RunStore(db_path, mode="read") if db_path.exists() else None
-        print(describe(p, store))
+        print(describe(p, store, probe=not args.no_probe))
         return 0
+    preflight(spec, p.tasks, db_path)  # every model, corpus and path, before the database is touched
+    if args.executor == "ray":
+        from .runner_ray import check_address
+
+        check_address(args.address)
+    with exclusive_lock(db_path.with_name(db_path.name + ".lock"), f"the run database {db_path}"):
+        return _run_locked(args, spec, p, db_path)
+
+
+def _run_locked(args, spec, p, db_path) -> int:
+    import time
+
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from .files import set_aside
+    from .runner import claim, describe, run
+    from .store import RunStore
+
     if args.new and db_path.exists():
-        n = 1
-        while db_path.with_name(f"{db_path.name}.old-{n}").exists():
-            n += 1
-        db_path.rename(db_path.with_name(f"{db_path.name}.old-{n}"))
-        for suffix in ("-wal", "-shm"):
-            db_path.with_name(db_path.name + suffix).unlink(missing_ok=True)
-    from .models import check_options
-
-    for m in spec.models:  # every model must be loadable before the run database is touched
-        check_options(m.backend, m.args)
+        set_aside(db_path, *(db_path.with_name(db_path.name + s) for s in ("-wal", "-shm")))
     store = RunStore(db_path)
-    store.bind(spec.to_json(), spec.identity())
-    if args.retry_failed:
-        print(f"retrying {store.forget_failures()} failed predictions")
-    print(describe(p, store))
-    console = Console(stderr=True)
-    per_model = len(p.tasks) * len(spec.lengths) * spec.samples
-    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()]
-    # Live bars on a terminal only (removed when done; the summary table stays); logs stay clean.
-    with Progress(*columns, console=console, transient=True, disable=not console.is_terminal) as progress:
-        bars = {m.name: progress.add_task(m.name, total=per_model) for m in spec.models}
+    started, stored = time.monotonic(), store.prediction_count()
+    try:
+        claim(store, spec, p.tasks)
+        if args.retry_failed:
+            print(f"retrying {store.forget_failures()} failed predictions")
+        print(describe(p, store))
+        console = Console(stderr=True)
+        per_model = len(p.tasks) * len(spec.lengths) * spec.samples
+        columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()]
+        # Live bars on a terminal (removed when done; the summary table stays); in a log, a line
+        # per finished cell instead.
+        with Progress(*columns, console=console, transient=True, disable=not console.is_terminal) as progress:
+            bars = {m.name: progress.add_task(m.name, total=per_model) for m in spec.models}
+            done = dict.fromkeys(bars, 0)
 
-        def step(model, label, n):
-            progress.update(bars[model], advance=n, description=f"{model} {label}")
+            def step(model, label, n):
+                progress.update(bars[model], advance=n, description=f"{model} {label}")
+                done[model] += n
+                if not console.is_terminal and done[model] % spec.samples == 0:
+                    print(f"{model} {label}: {done[model]}/{per_model} samples", file=sys.stderr, flush=True)
 
-        ray_options = {}
-        if args.executor == "ray":
-            ray_options = dict(address=args.address, workers=args.workers, cpus_per_worker=args.cpus_per_worker,
-                               gpus_per_worker=args.gpus_per_worker)
-        run(spec, store, progress=step, executor=args.executor, **ray_options)
-    print_summary(store, db_path)
-    store.close()
+            ray_options = {}
+            if args.executor == "ray":
+                ray_options = dict(address=args.address, workers=args.workers, cpus_per_worker=args.cpus_per_worker,
+                                   gpus_per_worker=args.gpus_per_worker)
+            run(spec, store, progress=step, executor=args.executor, **ray_options)
+        print_summary(store, db_path)
+    finally:
+        if store.prediction_count() > stored:  # a session that stored nothing leaves the run as it was
+            store.add_wall_time(time.monotonic() - started)
+        store.close()
     return 0
 
 
@@ -342,6 +368,10 @@ def main(argv: list[str] | None = None) -> int:
     except (UsageError, FitError) as e:
         print(f"longctx: error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("longctx: interrupted; every stored prediction is kept (run the same command to resume)",
+              file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

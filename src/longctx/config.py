@@ -43,14 +43,46 @@ class RunSpec:
     db: str | None = None
     batch: int | None = None  # samples per adapter call and per database transaction (None: the backend's call_size)
 
-    def identity(self) -> str:
-        """What stored rows depend on; a run whose identity changed must not be resumed."""
-        models = [(m.name, m.backend, {k: v for k, v in sorted(m.args.items()) if k not in RUNTIME_ARGS},
-                   m.model_template) for m in self.models]
+    def identity_fields(self) -> dict:
+        """What stored rows depend on, by field. Where the corpora live is not among them (their
+        content hashes are recorded in the run instead): moving the data folder changes no sample."""
         from .tasks.base import GENERATOR_VERSION  # new samples must not join rows of old ones
 
-        return stable_hash(models, self.tasks, self.lengths, self.seed, self.depths, self.formats,
-                           sorted(self.generation.items()), self.data_dir, GENERATOR_VERSION)
+        return {"models": [(m.name, m.backend, {k: v for k, v in sorted(m.args.items()) if k not in RUNTIME_ARGS},
+                            m.model_template) for m in self.models],
+                "tasks": self.tasks, "lengths": self.lengths, "seed": self.seed, "depths": self.depths,
+                "formats": self.formats, "generation": sorted(self.generation.items()), "generator": GENERATOR_VERSION}
+
+    def identity(self) -> str:
+        """A hash of `identity_fields`; a run whose identity changed must not be resumed."""
+        f = self.identity_fields()
+        return stable_hash(f["models"], f["tasks"], f["lengths"], f["seed"], f["depths"], f["formats"],
+                           f["generation"], f["generator"])
+
+    def legacy_identity(self) -> str:
+        """The identity runs made before `data_dir` left it were bound with (they still resume)."""
+        f = self.identity_fields()
+        return stable_hash(f["models"], f["tasks"], f["lengths"], f["seed"], f["depths"], f["formats"],
+                           f["generation"], self.data_dir, f["generator"])
+
+    def differences(self, stored_json: str | None) -> list[str]:
+        """How this spec differs from a stored one (`to_json`), field by field, in words."""
+        try:
+            old = parse_spec(json.loads(stored_json or "")).identity_fields()
+        except (UsageError, ValueError, TypeError, KeyError):
+            return ["the stored spec cannot be read"]
+        new, out = self.identity_fields(), []
+        for key in new:
+            if key == "models" and len(old[key]) == len(new[key]):
+                for i, (was, now) in enumerate(zip(old[key], new[key])):
+                    for part, a, b in zip(("name", "backend", "args", "model_template"), was, now):
+                        if a != b:
+                            out.append(f"models[{i}].{part} was {a!r}, now {b!r}")
+            elif key == "generator" and old[key] != new[key]:
+                out.append("the sample generator changed (a newer longctx makes other samples)")
+            elif old[key] != new[key]:
+                out.append(f"{key} was {_plain(old[key])}, now {_plain(new[key])}")
+        return out
 
     def to_json(self) -> str:
         return json.dumps({"name": self.name, "models": [vars(m) for m in self.models], "tasks": self.tasks,
@@ -61,6 +93,10 @@ class RunSpec:
     @property
     def db_path(self) -> Path:
         return Path(self.db) if self.db else Path("runs") / f"{self.name}.sqlite"
+
+
+def _plain(value) -> str:
+    return json.dumps(value) if isinstance(value, (list, tuple, dict)) else repr(value)
 
 
 def load_spec(path: str | Path, overrides: list[str] = ()) -> RunSpec:

@@ -61,3 +61,44 @@ def staged_folder(out: Path, replaceable: set[str]) -> Iterator[Path]:
     finally:
         if stage.exists():
             shutil.rmtree(stage)
+
+
+def set_aside(path: Path, *companions: Path) -> None:
+    """Rename `path` (and its companion files, e.g. SQLite's -wal/-shm) to `<name>.old-N`."""
+    n = 1
+    while path.with_name(f"{path.name}.old-{n}").exists():
+        n += 1
+    for p in (path, *companions):
+        if p.exists():
+            p.rename(p.with_name(f"{p.name}.old-{n}"))
+
+
+@contextlib.contextmanager
+def exclusive_lock(lock: Path, what: str) -> Iterator[None]:
+    """Hold `lock` (a file beside what it guards, holding the holder's pid) for the block, or
+    refuse at once, naming the process that holds it: two runs on one database would otherwise
+    both compute the same predictions and the second fail when it stores them."""
+    import fcntl
+
+    from .errors import UsageError
+
+    try:
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise UsageError(f"cannot lock {what} ({lock}): {e.strerror or e}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise UsageError(f"{what} is in use by another longctx process (pid {holder}); wait for it to end or "
+                         "stop it") from None
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield
+    finally:
+        # The file stays (removing it would let a process holding the old one and a newcomer both run).
+        os.ftruncate(fd, 0)
+        os.close(fd)

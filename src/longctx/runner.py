@@ -22,9 +22,6 @@ from .tasks import FORMATS, expand_tasks, parse_task
 from .tasks.base import GenContext, GenOptions, TaskSpec
 from .types import Sample
 
-ASSUMED_TOKENS_PER_SECOND = 500.0  # a 135M model prefilling on 2 CPU cores; replaced by measurements
-
-
 @dataclass
 class Plan:
     spec: RunSpec
@@ -68,19 +65,67 @@ def plan(spec: RunSpec) -> Plan:
     return Plan(spec, run_tasks(spec))
 
 
-def describe(p: Plan, store: RunStore | None) -> str:
-    done = 0
-    rate, how = ASSUMED_TOKENS_PER_SECOND, "assumed"
-    if store is not None:
-        done = store.db.execute("SELECT COUNT(*) FROM predictions").fetchone()[0]
-        measured = store.throughput()
-        if measured:
-            rate, how = measured, "measured in this run"
-    left = max(p.samples - done, 0)
-    tokens_left = p.prompt_tokens * left // max(p.samples, 1)
-    return (f"{p.cells} cells ({len(p.spec.models)} models x {len(p.tasks)} tasks x {len(p.spec.lengths)} lengths), "
-            f"{p.samples} samples, {done} done; up to {tokens_left:,} prompt tokens to process, "
-            f"about {tokens_left / rate / 60:.1f} min at {rate:.0f} tokens/s ({how})")
+def describe(p: Plan, store: RunStore | None, probe: bool = False) -> str:
+    """Cells, samples and prompt tokens left, and a time estimate per model from its measured rate:
+    this run's own predictions, else (`probe`, the dry run) one sample run through the model now,
+    else none."""
+    lines = [f"{p.cells} cells ({len(p.spec.models)} models x {len(p.tasks)} tasks x {len(p.spec.lengths)} lengths), "
+             f"{p.samples} samples, {store.prediction_count() if store else 0} done"]
+    per_model = p.samples // max(len(p.spec.models), 1)
+    for m in p.spec.models:
+        done = store.predictions_of(m.name) if store else 0
+        tokens = p.prompt_tokens // max(len(p.spec.models), 1) * max(per_model - done, 0) // max(per_model, 1)
+        rate, how = (store.throughput(m.name), "measured in this run") if store else (None, "")
+        if rate is None and probe and tokens:
+            rate, how = probe_rate(p, m)
+        estimate = (f"about {tokens / rate / 60:.1f} min at {rate:.0f} prompt tokens/s ({how})" if rate
+                    else "no rate measured yet (--dry-run measures one)")
+        lines.append(f"  {m.name}: up to {tokens:,} prompt tokens left; {estimate}")
+    return "\n".join(lines)
+
+
+PROBE_SAMPLES = 4
+
+
+def probe_rate(p: Plan, model_spec: ModelSpec) -> tuple[float | None, str]:
+    """Prompt tokens per second of a few samples (the plan's first task at its shortest length,
+    in one call, batched as the run batches them) run through the model, its loading not counted;
+    and how it was measured, or why it could not be. A longer prompt runs slower per token through
+    attention, so the estimate is a lower bound there."""
+    try:
+        adapter = load_model(model_spec.backend, **model_spec.args)
+    except (UsageError, OSError, ValueError) as e:
+        return None, f"not measured: {' '.join(str(e).split())}"
+    try:
+        ctx = model_context(p.spec, model_spec, adapter)
+        samples = SampleCache().get(p.tasks[0], min(p.spec.lengths), min(PROBE_SAMPLES, p.spec.samples), ctx)
+        start = time.perf_counter()
+        run_batch(adapter, samples)
+        seconds = time.perf_counter() - start
+    finally:
+        release(adapter)
+    tokens = sum(s.meta["token_count"] for s in samples)
+    return tokens / seconds, (f"measured now on {len(samples)} prompts of about {tokens // len(samples)} tokens; "
+                              "longer prompts run slower per token")
+
+
+def claim(store: RunStore, spec: RunSpec, tasks: list[TaskSpec]) -> None:
+    """Check that the run database may hold this spec's rows (its stored identity, if any, is this
+    spec's; a refusal names the fields that differ), then bind the spec with what the run runs
+    with: versions, source revision, host and the corpora's hashes (recorded with the first
+    prediction stored)."""
+    from .host import describe_host
+    from .preflight import corpus_hashes
+    from .store import source_revision, versions
+
+    stored = store.meta("identity")
+    if stored is not None and stored not in (spec.identity(), spec.legacy_identity()):
+        differences = "; ".join(spec.differences(store.meta("spec"))) or "its settings changed"
+        raise UsageError(f"{store.path} holds a run made with a different spec ({differences}); use --new to start "
+                         "over or give the run a new name")
+    provenance = {"versions": versions(), "source": source_revision(), "host": describe_host(),
+                  "corpora": corpus_hashes(tasks, DataPaths(spec.data_dir))}
+    store.bind(spec.to_json(), stored or spec.identity(), provenance)
 
 
 def run(spec: RunSpec, store: RunStore, progress=None, executor: str = "local", **ray_options) -> None:
@@ -110,6 +155,7 @@ def _run_model(spec: RunSpec, p: Plan, model_spec: ModelSpec, adapter, store: Ru
     ctx = model_context(spec, model_spec, adapter)
     store.set_model_info(model_spec.name, model_info(model_spec, adapter))
     cache, size = SampleCache(), call_size(spec, adapter)
+    answered = False  # whether any call of this model has answered in this session
     for task in p.tasks:
         for length in spec.lengths:
             label = f"{task.name}@{length}"
@@ -117,6 +163,11 @@ def _run_model(spec: RunSpec, p: Plan, model_spec: ModelSpec, adapter, store: Ru
             for start in range(0, len(todo), size):
                 batch = todo[start:start + size]
                 completions = run_batch(adapter, batch)
+                called = [c for s, c in zip(batch, completions) if budget_problem(adapter, s) is None]
+                answered = answered or any(c.ok for c in called)
+                if called and not answered:
+                    raise UsageError(f"every call of model {model_spec.name} failed (first: {called[0].error}); "
+                                     "none of them was stored: fix the cause and run the same command to resume")
                 store.write_batch(model_spec.name, batch, completions, score_batch(batch, completions))
                 if progress:
                     progress(model_spec.name, label, len(batch))
@@ -171,11 +222,8 @@ def run_batch(adapter, batch: list[Sample]) -> list[Completion]:
     out: list[Completion | None] = [None] * len(batch)
     todo = []
     for i, s in enumerate(batch):
-        n = s.meta["token_count"]
-        reason = (over_budget(n, s.tokens_to_generate, s.length)
-                  or over_budget(n, s.tokens_to_generate, getattr(adapter, "max_context", None)))
-        if reason:
-            out[i] = failed(reason, n)
+        if reason := budget_problem(adapter, s):
+            out[i] = failed(reason, s.meta["token_count"])
         else:
             todo.append(i)
     if todo:
@@ -187,6 +235,13 @@ def run_batch(adapter, batch: list[Sample]) -> list[Completion]:
             out[i] = c if c.seconds else Completion(c.text, c.prompt_tokens, c.output_tokens,
                                                     (time.perf_counter() - start) / len(todo), c.error)
     return out  # type: ignore[return-value]
+
+
+def budget_problem(adapter, sample: Sample) -> str | None:
+    """Why a sample may not be sent (over its length or the model's context), or None."""
+    n = sample.meta["token_count"]
+    return (over_budget(n, sample.tokens_to_generate, sample.length)
+            or over_budget(n, sample.tokens_to_generate, getattr(adapter, "max_context", None)))
 
 
 def model_info(model_spec: ModelSpec, adapter) -> dict:

@@ -55,6 +55,23 @@ def _worker_class():
     return ModelWorker
 
 
+def check_address(address: str | None, timeout: float = 5.0) -> None:
+    """A cluster address must answer before Ray is started on it: ray.init waits for an address
+    that does not answer for about a minute, deaf to Ctrl-C. "auto" and a local runtime (None)
+    are Ray's to find."""
+    import socket
+
+    if not address or address == "auto":
+        return
+    host, _, port = address.split("://")[-1].rpartition(":")
+    if not host or not port.isdigit():
+        raise UsageError(f"--address must look like HOST:PORT (or ray://HOST:PORT, auto), not {address!r}")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as e:
+        raise UsageError(f"cannot reach the Ray cluster at {address}: {e.strerror or e}") from None
+
+
 def run_on_ray(spec: RunSpec, store: RunStore, tasks, progress=None, address: str | None = None,
                workers: int | None = None, cpus_per_worker: float = 1.0, gpus_per_worker: float = 0.0) -> None:
     import ray

@@ -47,6 +47,7 @@ class RunStore:
 
     def __init__(self, path: Path, mode: str = "create"):
         self.path = Path(path)
+        self._binding: tuple[str, str, dict] | None = None  # recorded with the first prediction (bind)
         if mode != "create" and not self.path.is_file():
             raise UsageError(f"run database not found: {self.path}")
         try:
@@ -86,17 +87,31 @@ class RunStore:
         row = self.db.execute("SELECT value FROM run WHERE key = ?", (key,)).fetchone()
         return row[0] if row else None
 
-    def bind(self, spec_json: str, identity: str) -> None:
-        """Record the spec on first use; refuse a spec whose identity differs from the stored one."""
-        stored = self.meta("identity")
-        if stored is not None and stored != identity:
-            raise UsageError(f"{self.path} holds a run made with a different spec (models, tasks, lengths, seed "
-                             "or generation settings changed); use --new to start over or give the run a new name")
+    def bind(self, spec_json: str, identity: str, provenance: dict | None = None) -> None:
+        """Record the run's spec and identity (and what it ran with: `provenance`) with the first
+        prediction stored, not before: a run that fails before storing one (a wrong path, a
+        missing corpus) binds nothing, so the corrected spec is not refused as another run's.
+        The caller checks a stored identity first (`runner.claim`)."""
+        self._binding = (spec_json, identity, provenance or {})
+        if self.meta("identity") is not None:  # already bound: only the latest spec is noted now
+            with self.transaction():
+                self._write_binding()
+
+    def _write_binding(self) -> None:
+        """(Inside a transaction.) The spec of the first session is kept; later sessions' latest
+        spec goes to last_spec."""
+        spec_json, identity, provenance = self._binding
+        rows = [("identity", identity), ("spec", spec_json), ("created", str(time.time())),
+                *((key, json.dumps(value)) for key, value in provenance.items())]
+        self.db.executemany("INSERT OR IGNORE INTO run VALUES (?, ?)", rows)
+        self.db.execute("INSERT OR REPLACE INTO run VALUES ('last_spec', ?)", (spec_json,))
+        self._binding = None
+
+    def add_wall_time(self, seconds: float) -> None:
+        """Add a session's wall time to the run's total."""
         with self.transaction():
-            for key, value in (("identity", identity), ("spec", spec_json), ("versions", json.dumps(versions())),
-                               ("git_revision", git_revision() or ""), ("created", str(time.time()))):
-                self.db.execute("INSERT OR IGNORE INTO run VALUES (?, ?)", (key, value))
-            self.db.execute("INSERT OR REPLACE INTO run VALUES ('last_spec', ?)", (spec_json,))
+            total = float(self.meta("wall_seconds") or 0) + seconds
+            self.db.execute("INSERT OR REPLACE INTO run VALUES ('wall_seconds', ?)", (f"{total:.1f}",))
 
     # -- writes -----------------------------------------------------------------------
     def transaction(self):
@@ -127,6 +142,8 @@ class RunStore:
         """Predictions and their scores, all or nothing."""
         now = time.time()
         with self.transaction():
+            if self._binding is not None:
+                self._write_binding()
             self.db.executemany("INSERT INTO predictions VALUES (?,?,?,?,?,?,?,?)", [
                 (model, s.id, c.text, c.prompt_tokens, c.output_tokens, c.seconds, c.error, now)
                 for s, c in zip(samples, completions)])
@@ -167,6 +184,9 @@ class RunStore:
                 f"SELECT sample_id FROM predictions WHERE model = ? AND sample_id IN ({marks})", (model, *part))}
         return done
 
+    def prediction_count(self) -> int:
+        return self.db.execute("SELECT COUNT(*) FROM predictions").fetchone()[0]
+
     def results(self) -> list[dict]:
         """One row per prediction, joined with its sample and score."""
         cur = self.db.execute(
@@ -177,11 +197,15 @@ class RunStore:
         names = [d[0] for d in cur.description]
         return [dict(zip(names, row)) for row in cur]
 
-    def throughput(self) -> float | None:
-        """Measured prompt tokens per second over this run's predictions, if any."""
+    def throughput(self, model: str) -> float | None:
+        """A model's measured prompt tokens per second over this run's predictions, if any."""
         tokens, seconds = self.db.execute(
-            "SELECT SUM(prompt_tokens), SUM(seconds) FROM predictions WHERE error IS NULL").fetchone()
+            "SELECT SUM(prompt_tokens), SUM(seconds) FROM predictions WHERE error IS NULL AND model = ?",
+            (model,)).fetchone()
         return tokens / seconds if tokens and seconds else None
+
+    def predictions_of(self, model: str) -> int:
+        return self.db.execute("SELECT COUNT(*) FROM predictions WHERE model = ?", (model,)).fetchone()[0]
 
 
 class _Transaction:
@@ -209,10 +233,21 @@ def versions() -> dict[str, str]:
     return out
 
 
-def git_revision() -> str | None:
+def source_revision() -> dict | None:
+    """The commit longctx runs from, and whether its files differ from it, only when the package
+    is imported from its own checkout (src/longctx in a git work tree whose pyproject names
+    longctx); an installed copy inside some other repository has no revision of its own."""
+    root = Path(__file__).resolve().parents[2]
     try:
-        here = Path(__file__).resolve().parent
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
-        return out.stdout.strip() or None
+        if 'name = "longctx"' not in (root / "pyproject.toml").read_text():
+            return None
+        def git(*args):
+            return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=10)
+        top = git("rev-parse", "--show-toplevel")
+        if top.returncode or Path(top.stdout.strip()).resolve() != root:
+            return None
+        head = git("rev-parse", "HEAD").stdout.strip()
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no").stdout.strip())
+        return {"commit": head, "dirty": dirty} if head else None
     except (OSError, subprocess.SubprocessError):
         return None

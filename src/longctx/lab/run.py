@@ -22,20 +22,11 @@ import shutil
 from pathlib import Path
 
 from ..errors import UsageError
+from ..files import set_aside
 from .spec import LabSpec
 from .train import save_atomic, write_json_atomic
 
 IDS = dict(pad_token_id=0, unk_token_id=1, bos_token_id=2, eos_token_id=3)  # vocab.SPECIALS order
-
-
-def set_aside(path: Path, *companions: Path) -> None:
-    """Rename `path` (and its companion files, e.g. SQLite's -wal/-shm) to `<name>.old-N`."""
-    n = 1
-    while path.with_name(f"{path.name}.old-{n}").exists():
-        n += 1
-    for p in (path, *companions):
-        if p.exists():
-            p.rename(p.with_name(f"{p.name}.old-{n}"))
 
 
 def prepare(spec: LabSpec, new: bool = False) -> Path:

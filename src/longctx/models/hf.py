@@ -75,8 +75,9 @@ class HFModel:
         if draft_tokens < 0:
             raise UsageError(f"draft_tokens must be 0 (off) or more, not {draft_tokens}")
         self.draft_tokens = draft_tokens
-        model = _load_model(path, self.dtype, trust_remote_code, allow_pickle)
-        tok = load_tokenizer(tokenizer or path, trust_remote_code=trust_remote_code)
+        with _quiet_loading():
+            model = _load_model(path, self.dtype, trust_remote_code, allow_pickle)
+            tok = load_tokenizer(tokenizer or path, trust_remote_code=trust_remote_code)
         self._attach(model, model.config.model_type, tok, name or Path(str(path)).name, batch_size=batch_size,
                      prefill_chunk=prefill_chunk, chat_template=chat_template,
                      max_context=max_context if max_context is not None else _hard_limit(model.config),
@@ -423,6 +424,22 @@ def _train_context(config) -> int | None:
         if isinstance(value, int):
             return value
     return None
+
+
+@contextlib.contextmanager
+def _quiet_loading():
+    """transformers' own progress bars while a checkpoint loads (weights, GGUF conversion, shards
+    written to the cache) say nothing a user acts on and fill a run's log: off while it loads.
+    Downloads keep the hub's own bars."""
+    from transformers.utils import logging
+
+    was = logging.is_progress_bar_enabled()
+    logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            logging.enable_progress_bar()
 
 
 def _load_model(path: str, dtype, trust_remote_code: bool, allow_pickle: bool):

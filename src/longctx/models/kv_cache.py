@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
 
+from ..host import available_memory  # noqa: F401  (continuous.py reads it here; its tests replace it)
 from .transformers_compat import changed
 
 ROWS_PATCH = "Attention over rows of their own (longctx/models/row_attention.py, kv_cache.py)"
@@ -183,16 +184,3 @@ def _position_bytes(config, dtype) -> int:
     heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
     dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     return 2 * heads * dim * torch.finfo(dtype).bits // 8
-
-
-def available_memory() -> int | None:
-    """Bytes of memory the system can still give without swapping (Linux's MemAvailable), or None
-    where it does not say."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return None

@@ -10,17 +10,20 @@ import time
 from typing import Sequence
 
 from ..tokenizer import load_tokenizer
-from .base import Completion, GenParams, triage
+from .base import Completion, GenParams, failed, triage
 
 NEEDLE_VALUE = re.compile(r"\bis: ([\w-]+)\.")
 
 
 class MockModel:
     def __init__(self, tokenizer: str | None = None, accuracy: float = 1.0, delay: float = 0.0,
-                 max_context: int | None = None, name: str = "mock"):
+                 max_context: int | None = None, name: str = "mock", fail: str | None = None):
+        """`fail`: every call fails with this reason, as a backend that never answers would (a dead
+        server): for tests of what the runner does then."""
         from ..cli import default_tokenizer
 
         self.name, self.accuracy, self.delay, self.max_context = name, accuracy, delay, max_context
+        self.fail = fail
         self.tokenizer = load_tokenizer(tokenizer or default_tokenizer())
         self.model_template = "base"
 
@@ -35,5 +38,6 @@ class MockModel:
         results, todo = triage(encoded, params.max_new_tokens, self.max_context)
         for i in todo:
             time.sleep(self.delay)
-            results[i] = Completion(self.answer(prompts[i]), len(encoded[i]), 8, self.delay)
+            results[i] = (failed(self.fail, len(encoded[i])) if self.fail else
+                          Completion(self.answer(prompts[i]), len(encoded[i]), 8, self.delay))
         return results  # type: ignore[return-value]

@@ -46,10 +46,19 @@ def _run_meta(db: Path) -> str:
     meta = dict(con.execute("SELECT key, value FROM run"))
     con.close()
     spec = json.loads(meta.get("last_spec") or meta.get("spec") or "{}")
-    items = [("run database", str(db)), ("git revision", meta.get("git_revision") or "-"),
-             ("versions", meta.get("versions", "-")), ("spec", json.dumps(spec, indent=1))]
-    return "<div class='meta'>" + "".join(f"<p><b>{k}</b>: <code>{html.escape(v)}</code></p>" for k, v in items[:3]) + \
-        f"<details><summary>resolved spec</summary><pre>{html.escape(items[3][1])}</pre></details></div>"
+    items = [("run database", str(db)), ("source", _source(meta)), ("versions", meta.get("versions", "-")),
+             ("host", meta.get("host", "-")), ("corpora (sha256)", meta.get("corpora", "-")),
+             ("wall time", f"{float(meta['wall_seconds']) / 60:.1f} min" if meta.get("wall_seconds") else "-")]
+    return "<div class='meta'>" + "".join(f"<p><b>{k}</b>: <code>{html.escape(v)}</code></p>" for k, v in items) + \
+        f"<details><summary>resolved spec</summary><pre>{html.escape(json.dumps(spec, indent=1))}</pre></details></div>"
+
+
+def _source(meta: dict) -> str:
+    """The longctx commit the run ran from (runs made before `source` was recorded: git_revision)."""
+    source = json.loads(meta.get("source") or "null")
+    if source:
+        return source["commit"] + (" (with uncommitted changes)" if source.get("dirty") else "")
+    return meta.get("git_revision") or "- (not run from a longctx checkout)"
 
 
 def _failures(rows: list[dict], limit: int = 200) -> str:
