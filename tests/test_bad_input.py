@@ -83,6 +83,9 @@ CASES = [
     ("db-is-folder", put(db="{tmp}/empty"), [], "is a folder"),
     ("ray-unreachable", None, ["--executor=ray", "--address=127.0.0.1:9"], "cannot reach the Ray cluster at 127.0.0.1:9"),
     ("ray-address-syntax", None, ["--executor=ray", "--address=somewhere"], "--address must look like HOST:PORT"),
+    ("server-down", model(backend="openai", args={"base_url": "http://127.0.0.1:9/v1", "model": "m", "max_retries": 0,
+                                                  "tokenizer": "@smollm2"}), ["--db={tmp}/down.sqlite"],
+     "every call of model mock failed"),
     ("backend-never-answers", model(args={"fail": "connection refused"}, name="dead"), ["--db={tmp}/dead.sqlite"],
      "every call of model dead failed (first: connection refused)"),
 ]

@@ -257,3 +257,23 @@ def test_report_errors(run_db, tmp_path, capsys):
     assert "run database not found" in capsys.readouterr().err
     assert main(["report", str(run_db), "--by", "model,colour"]) == 2
     assert "--by takes columns" in capsys.readouterr().err
+
+
+def test_a_model_has_one_colour_in_every_panel(run_db, tmp_path, monkeypatch):
+    """Per-task panels where a model misses a task (B has no niah_single_2) keep each model's
+    colour; the length curves use the same colours."""
+    from longctx.report import figures
+
+    drawn = []
+    monkeypatch.setattr(figures, "_save", lambda fig, out, stem: drawn.append(fig) or [])
+    rows, info = load_rows([run_db])
+    figures.task_multiples(rows, tmp_path)
+    figures.length_curves(rows, info, tmp_path)
+    colours = {}
+    for fig in drawn:
+        for ax in fig.axes:
+            for line in ax.get_lines():
+                if not line.get_label().startswith("_"):
+                    colours.setdefault(line.get_label(), set()).add(line.get_color())
+    assert set(colours) == {"B", "Mamba2"} and all(len(c) == 1 for c in colours.values())
+    assert colours["B"] != colours["Mamba2"]
