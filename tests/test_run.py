@@ -142,11 +142,28 @@ def test_shipped_configs_are_valid_and_dry_run(capsys):
     assert main(["run", str(root / "quickstart.yaml"), "--dry-run", "--no-probe"]) == 0
     assert main(["run", str(root / "huang2024.yaml"), "--dry-run", "--no-probe"]) == 0
     out = capsys.readouterr().out
-    assert "14 cells" in out and "1160 cells (8 models x 29 tasks x 5 lengths)" in out
+    assert "12 cells" in out and "1160 cells (8 models x 29 tasks x 5 lengths)" in out
     spec = load_spec(root / "huang2024.yaml")
     from longctx.models.catalog import study_checkpoints
 
     assert [m.args["path"] for m in spec.models] == [c.name for c in study_checkpoints()]
+
+
+def test_the_quickstart_needs_no_corpus(tmp_path, monkeypatch, capsys):
+    """The README's first command runs on a fresh machine: with no data folder anywhere, its plan
+    needs no corpus, and its dry run passes."""
+    from pathlib import Path
+
+    from longctx.corpora import DataPaths
+    from longctx.preflight import needed_corpora
+    from longctx.runner import plan
+
+    monkeypatch.delenv("LONGCTX_DATA", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.cache/longctx/data either
+    spec = load_spec(Path(__file__).resolve().parents[1] / "configs" / "quickstart.yaml")
+    assert spec.data_dir is None and needed_corpora(plan(spec).tasks, DataPaths()) == {}
+    assert main(["run", str(Path(__file__).resolve().parents[1] / "configs" / "quickstart.yaml"), "--dry-run",
+                 "--no-probe"]) == 0
 
 
 def test_ray_executor_writes_the_same_rows_as_local(tmp_path, data_dir, monkeypatch):

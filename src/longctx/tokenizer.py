@@ -1,7 +1,7 @@
 """Tokenizers: load any HF tokenizer (folder or .gguf file) and count tokens exactly as the model sees them.
 
-Exact counting of every full prompt is too slow for sweeps (a 16K prompt costs ~30 ms; the
-13 RULER tasks x 5 lengths x 500 samples is 200M tokens). `PieceCounter` instead counts a prompt
+Exact counting of every full prompt is too slow for sweeps (the 13 RULER tasks x 5 lengths x 500
+samples is 200M tokens; docs/design.md). `PieceCounter` instead counts a prompt
 as a sum of memoised *in-context* piece counts: the tokens a piece adds when appended to the
 text on its left. That sum is exact whenever tokenization is local at piece junctions, which
 holds for pre-tokenized BPE/Unigram tokenizers; the generator verifies it against a full
@@ -431,8 +431,8 @@ class PieceCounter:
 
     def count_each(self, pieces: Sequence[str], prev: str = ".") -> list[int]:
         """In-context counts of pieces that will each follow text ending like `prev`. (`counts` with
-        one left neighbour; kept apart because checking that neighbour once, not per piece, was
-        measured ~5 % faster over the whole benchmark.)"""
+        one left neighbour; kept apart because checking that neighbour once, not per piece, is
+        faster over a whole sweep.)"""
         if prev and not prev[-1].isspace():  # most pieces are context-free here: skip `key`
             key = self.key
             keys = [p if len(p) > 1 and p[0] == " " and not p[1].isspace() else key(prev, p) for p in pieces]

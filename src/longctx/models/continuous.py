@@ -10,24 +10,19 @@ the CPU, token for token what `generate` gives one prompt at a time.
   writes a row's new positions right after its own last valid column (`kv_cache.rows_at`), and
   attention reads each row's own columns (`row_attention.py`). No padding and no dead columns to
   drop. A row's numbers still differ from the naive loop's in the last bits, because the matrix
-  kernels accumulate in an order that depends on how many rows they get: in float32 that left
-  SmolLM2's tokens identical (100 of 100 answers); in bfloat16, where each product is rounded to
-  8 bits, 92 of 100. Measured on the kernels in bfloat16: the MLP down-projection (1536 -> 576)
-  gives a row other bits in a batch of some sizes than alone, and attention does when masked
-  columns follow a row's own. A bit-exact bfloat16 mode (one attention call per row, such
-  products split into one call per row) was tried and dropped: which row counts change the bits
-  depends on the weights and data, not only on the shapes, so it cannot be probed reliably.
+  kernels accumulate in an order that depends on how many rows they get; in bfloat16, where each
+  product is rounded to 8 bits, that can change a token (docs/design.md, "Bits").
 - **Draft tokens from the prompt** (prompt-lookup decoding). A model's answer to a RULER prompt
   largely copies the prompt (the needle's sentence, the question's wording) or repeats itself.
   Each step feeds every row its last token plus `draft` tokens guessed by finding the row's last
   few tokens earlier in its own prompt and answer, and keeps the guesses the model itself
   predicts: the tokens kept are the model's argmax at every position, whatever the guesses were,
   so the output is greedy decoding's. A rejected guess's column is overwritten by the row's next
-  step. On SmolLM2 at 1K with 4 guesses, 100 answers kept 4.0 tokens per row and step.
+  step.
 - **Within memory.** The rows' cache is reserved up front, so its size is known before it is
   allocated: when `slots` rows of it would not fit in the memory available (Linux's
   MemAvailable), fewer rows are decoded at a time, with a `CacheMemoryWarning`, instead of the
-  process being killed (SmolLM2-135M in float32: 45 KiB a position, 0.35 GiB a row at 8K).
+  process being killed.
 - **Shared prefixes.** Prompts are admitted in the order of their token ids, so a prompt's longest
   common prefix with any prompt before it is its common prefix with the one just before it
   (noise haystacks, a shared instruction). When that prefix has at least `MIN_SHARED` tokens,

@@ -1,18 +1,16 @@
 """A KV cache with its room reserved up front, for our greedy decoding loops.
 
 - transformers' DynamicCache grows by `torch.cat`, so every decoded token copies every layer's
-  whole cache: with SmolLM2-135M at batch 8 and 1K-token prompts, that copy was about 45 % of a
-  decode step under the profiler. Writing each new position into reserved room stores the same
-  numbers without the copy.
+  whole cache (a large share of a decode step: docs/design.md). Writing each new position into
+  reserved room stores the same numbers without the copy.
 - **Rows of their own** (continuous batching, `continuous.greedy_continuous`): inside `rows_at`,
   every row holds its own sequence from column 0 and a step writes each row's new positions right
   after its own last valid column, so rows of different lengths share the buffer with no padding
   and a rejected draft column is simply overwritten by the next step. Attention then reads each
   row's own columns (`row_attention.py`; the columns past a row's end are masked).
 - `place` puts a prompt prefilled alone into its row. On the CPU a left-padded batch prefill is
-  slower than the same prompts one by one (an explicit padding mask instead of the causal kernel:
-  1.85 vs 1.54 s per 1K prompt, measured), and a prompt prefilled alone is computed exactly as the
-  naive loop computes it.
+  slower than the same prompts one by one (an explicit padding mask instead of the causal kernel),
+  and a prompt prefilled alone is computed exactly as the naive loop computes it.
 - **Sliding-window layers** (Gemma 3, Mistral, Qwen2 with windows) keep every position here, as
   full layers do, for rows of their own only (`windows=True`): their attention is restricted to the
   window by the mask (`row_attention.py`, from the `sliding_window` transformers hands every
