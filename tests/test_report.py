@@ -225,19 +225,59 @@ def chromium(url: str, tmp_path) -> tuple[str, str]:
 
 
 def test_report_opens_in_headless_chromium_without_console_errors(run_db, tmp_path, capsys):
+    """The page loads offline with no console error, every image decodes and every table has rows;
+    the explorer's filters (set from the address) select exactly the predictions they name; the
+    failures are grouped by reason."""
     out = tmp_path / "report"
     assert main(["report", str(run_db), "--out", str(out), "--reference"]) == 0
     for name in ("heatmap_Mamba2.png", "heatmap_Mamba2.svg", "length_curves.png", "tasks.svg"):
         assert (out / "figures" / name).stat().st_size > 1000
     assert (out / "tables" / "table1.tex").exists()
-    dom, log = chromium((out / "report.html").as_uri(), tmp_path)
+    page = (out / "report.html").as_uri()
+    dom, log = chromium(page, tmp_path)
     assert ":CONSOLE" not in log, log
-    assert 'data-check="ok images=3 tables=' in dom  # every image decoded, every table has rows
-    assert "over budget: 5000 prompt" in dom and "<details>" in dom
+    assert 'data-check="ok images=4 tables=' in dom  # the headline's curve, then the three figures
+    rows, _ = load_rows([run_db])
+    assert f'data-explorer="rows={len(rows)}"' in dom
+    assert "1 × over budget: N prompt + N new tokens &gt; N</summary>" in dom
+    assert "the headline" in dom and "hsl(" in dom  # the summary, and colour-coded scores
+    # Mamba2's wrong vt answers: [1,1,0,0] at 1K and [0,0,0,0] at 2K.
+    dom, log = chromium(page + "#model=Mamba2&task=vt&verdict=wrong", tmp_path)
+    assert 'data-explorer="rows=6"' in dom and ":CONSOLE" not in log
+    dom, _ = chromium(page + "#model=B&verdict=failed", tmp_path)
+    assert 'data-explorer="rows=1"' in dom
     # The check can fail: a page with a script error is caught.
     bad = tmp_path / "bad.html"
     bad.write_text("<html><body><script>notDefined()</script></body></html>")
     assert ":CONSOLE" in chromium(bad.as_uri(), tmp_path)[1]
+
+
+def test_the_explorer_holds_every_prediction_with_its_targets_and_kept_prompts(run_db):
+    from longctx.report.explorer import _data
+
+    rows, _ = load_rows([run_db])
+    data = _data(rows)
+    assert len(data["rows"]) == len(rows) and data["truncated"] == 0
+    first = next(r for r in data["rows"] if r["m"] == "Mamba2" and r["t"] == "vt" and r["n"] == 1024 and r["i"] == 0)
+    assert first["g"] == ["42"] and first["v"] == "right" and data["prompts"][first["p"]] == "prompt 0 answer:"
+    assert {r["v"] for r in data["rows"]} == {"right", "wrong", "failed"}
+
+
+def test_a_run_keeps_the_prompts_of_each_cells_first_wrong_answers(tmp_path):
+    import sqlite3
+
+    import yaml
+
+    spec = {"name": "w", "models": [{"name": "m", "backend": "mock", "args": {"accuracy": 0.3}}],
+            "tasks": ["niah_single_1"], "lengths": [1024], "samples": 12, "batch": 3, "db": str(tmp_path / "w.sqlite")}
+    (tmp_path / "w.yaml").write_text(yaml.safe_dump(spec))
+    assert main(["run", str(tmp_path / "w.yaml")]) == 0
+    con = sqlite3.connect(tmp_path / "w.sqlite")
+    kept = con.execute("SELECT s.idx, sc.score FROM examples JOIN samples s USING (model, sample_id) "
+                       "JOIN scores sc USING (model, sample_id) ORDER BY s.idx").fetchall()
+    wrong = [i for i, score in con.execute("SELECT s.idx, sc.score FROM scores sc JOIN samples s USING (model, sample_id) "
+                                           "ORDER BY s.idx") if score < 1]
+    assert [i for i, _ in kept] == sorted({0, 1} | set(wrong[:2])) and len(wrong) >= 2
 
 
 def test_group_by_any_columns(run_db, tmp_path):

@@ -158,7 +158,7 @@ def _run_model(spec: RunSpec, p: Plan, model_spec: ModelSpec, adapter, store: Ru
     answered = False  # whether any call of this model has answered in this session
     for task in p.tasks:
         for length in spec.lengths:
-            label = f"{task.name}@{length}"
+            label, wrong_kept = f"{task.name}@{length}", 0
             todo = open_cell(store, model_spec.name, cache.get(task, length, spec.samples, ctx), label, progress)
             for start in range(0, len(todo), size):
                 batch = todo[start:start + size]
@@ -168,9 +168,17 @@ def _run_model(spec: RunSpec, p: Plan, model_spec: ModelSpec, adapter, store: Ru
                 if called and not answered:
                     raise UsageError(f"every call of model {model_spec.name} failed (first: {called[0].error}); "
                                      "none of them was stored: fix the cause and run the same command to resume")
-                store.write_batch(model_spec.name, batch, completions, score_batch(batch, completions))
+                scores = score_batch(batch, completions)
+                store.write_batch(model_spec.name, batch, completions, scores)
+                # The report shows prompts where it helps most: a cell's first wrong answers.
+                wrong = [s for s, sc in zip(batch, scores) if sc is not None and sc < 1][:WRONG_EXAMPLES - wrong_kept]
+                store.add_examples(model_spec.name, wrong)
+                wrong_kept += len(wrong)
                 if progress:
                     progress(model_spec.name, label, len(batch))
+
+
+WRONG_EXAMPLES = 2  # prompts of wrong answers kept per cell for the report (beside the first two)
 
 
 def release(adapter) -> None:

@@ -21,6 +21,7 @@ Speed and memory care, all checked against transformers' own `generate` in the t
 from __future__ import annotations
 
 import contextlib
+import io
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -480,7 +481,10 @@ def _load_gguf(path: Path, dtype):
     if not (cache / "config.json").exists():
         import torch
 
-        model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
+        # transformers' GGUF conversion draws a bar of its own (plain tqdm, deaf to its progress
+        # setting): its output is dropped; an error still raises.
+        with contextlib.redirect_stderr(io.StringIO()):
+            model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
         # A GGUF-loaded model refuses to serialise while it carries the GGUF quantizer.
         model.hf_quantizer = None
         if hasattr(model.config, "quantization_config"):

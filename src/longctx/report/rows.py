@@ -57,7 +57,7 @@ def load_rows(db_paths) -> tuple[list[dict], dict[str, dict]]:
         for r in results:
             meta = json.loads(r["meta"])
             params = meta.get("params", {})
-            rows.append(r | {"model": name(r["model"]), "base_task": r["task"].split(":")[0],
+            rows.append(r | {"model": name(r["model"]), "model_in_run": r["model"], "base_task": r["task"].split(":")[0],
                              "ruler_task": ruler_task(r["task"]), "depth": params.get("depth"), "run": str(path),
                              **{k: meta.get(k, params.get(k)) for k in GROUP_COLUMNS}})
         info |= {name(m): v for m, v in model_info.items()}
