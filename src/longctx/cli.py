@@ -88,6 +88,13 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--cpus-per-worker", type=float, default=1.0)
     r.add_argument("--gpus-per-worker", type=float, default=0.0)
 
+    wy = sub.add_parser("why", help="diagnostics that explain a run's scores (needle attention, rotary geometry); "
+                        "re-run to resume", epilog="Any --key=value after the spec overrides it, as for run.")
+    wy.add_argument("spec", help="run spec (the run's own, plus an optional diagnostics: list)")
+    wy.add_argument("--db", help="run database (default: the spec's, runs/<name>.sqlite)")
+    wy.add_argument("--out", default="why", help="folder for the CSV files (default ./why)")
+    wy.add_argument("--data-dir", help="folder with the corpora, as for run")
+
     sc = sub.add_parser("score", help="re-score a run's stored predictions with the current metrics")
     sc.add_argument("db", help="run database (runs/<name>.sqlite)")
 
@@ -216,6 +223,45 @@ def _run_locked(args, spec, p, db_path) -> int:
         if store.prediction_count() > stored:  # a session that stored nothing leaves the run as it was
             store.add_wall_time(time.monotonic() - started)
         store.close()
+    return 0
+
+
+def cmd_why(args) -> int:
+    from rich.console import Console
+
+    from .config import load_spec
+    from .files import exclusive_lock
+    from .preflight import preflight
+    from .runner import claim, plan
+    from .store import RunStore
+    from .why import DIAGNOSTICS
+    from .why.run import DEFAULT, run_why, write_csvs
+
+    spec = load_spec(args.spec, args.overrides)
+    if args.data_dir:
+        spec = dataclasses.replace(spec, data_dir=args.data_dir)
+    names = spec.diagnostics or DEFAULT
+    if bad := [n for n in names if n not in DIAGNOSTICS]:
+        raise UsageError(f"unknown diagnostic {bad[0]!r}; known: {', '.join(DIAGNOSTICS)}")
+    db_path = Path(args.db) if args.db else spec.db_path
+    p = plan(spec)
+    preflight(spec, p.tasks, db_path)
+    console = Console(stderr=True)
+    with exclusive_lock(db_path.with_name(db_path.name + ".lock"), f"the run database {db_path}"):
+        store = RunStore(db_path)
+        try:
+            claim(store, spec, p.tasks)  # the run's samples: a spec of another run is refused
+
+            def step(model, label, n):
+                if not console.is_terminal:
+                    return
+                console.print(f"{model} {label}", end="\r")
+
+            run_why(spec, store, tuple(names), progress=step)
+            paths = write_csvs(store, Path(args.out))
+        finally:
+            store.close()
+    print(f"wrote {', '.join(str(p) for p in paths)}")
     return 0
 
 
@@ -351,7 +397,7 @@ def main(argv: list[str] | None = None) -> int:
     args, extra = parser.parse_known_args(argv)
     args.overrides = []
     if extra:
-        if args.command not in ("run", "lab"):
+        if args.command not in ("run", "lab", "why"):
             parser.parse_args(argv)  # argparse's own error for what it does not know (exit 2)
         bad = [x for x in extra if not (x.startswith("--") and "=" in x)]
         if bad:
@@ -359,7 +405,7 @@ def main(argv: list[str] | None = None) -> int:
                   file=sys.stderr)
             return 2
         args.overrides = extra
-    handler = {"generate": cmd_generate, "data": cmd_data, "tasks": cmd_tasks, "models": cmd_models, "run": cmd_run, "score": cmd_score, "report": cmd_report,
+    handler = {"generate": cmd_generate, "data": cmd_data, "tasks": cmd_tasks, "models": cmd_models, "run": cmd_run, "score": cmd_score, "report": cmd_report, "why": cmd_why,
                "lab": cmd_lab}[args.command]
     try:
         with warnings.catch_warnings():

@@ -12,7 +12,7 @@ from .errors import UsageError
 from .types import stable_hash
 
 TOP_KEYS = {"name", "models", "tasks", "lengths", "depths", "formats", "samples", "seed", "generation", "data_dir",
-            "db", "batch"}
+            "db", "batch", "diagnostics"}
 MODEL_KEYS = {"name", "backend", "args", "model_template"}
 GENERATION_KEYS = {"era", "ruler_compat", "remove_newline_tab"}
 # Backend options that change speed, never outputs: editing them does not invalidate a run.
@@ -42,6 +42,7 @@ class RunSpec:
     data_dir: str | None = None
     db: str | None = None
     batch: int | None = None  # samples per adapter call and per database transaction (None: the backend's call_size)
+    diagnostics: tuple[str, ...] = ()  # what `longctx why` measures (not part of the identity)
 
     def identity_fields(self) -> dict:
         """What stored rows depend on, by field. Where the corpora live is not among them (their
@@ -88,7 +89,7 @@ class RunSpec:
         return json.dumps({"name": self.name, "models": [vars(m) for m in self.models], "tasks": self.tasks,
                            "lengths": self.lengths, "samples": self.samples, "seed": self.seed, "depths": self.depths,
                            "formats": self.formats, "generation": self.generation, "data_dir": self.data_dir,
-                           "db": self.db, "batch": self.batch}, sort_keys=True)
+                           "db": self.db, "batch": self.batch, "diagnostics": self.diagnostics}, sort_keys=True)
 
     @property
     def db_path(self) -> Path:
@@ -190,7 +191,8 @@ def parse_spec(raw: dict) -> RunSpec:
     spec = RunSpec(name=name, models=models, tasks=tasks, lengths=lengths,
                    samples=_positive(raw, "samples", 5), seed=_typed(raw, "seed", int, 42), depths=depths,
                    formats=formats, generation=dict(generation), data_dir=_typed(raw, "data_dir", str, None),
-                   db=_typed(raw, "db", str, None), batch=_positive(raw, "batch", None))
+                   db=_typed(raw, "db", str, None), batch=_positive(raw, "batch", None),
+                   diagnostics=tuple(_list(raw, "diagnostics", str, allow_empty=True)) if "diagnostics" in raw else ())
     _check_tasks(spec)
     return spec
 

@@ -34,10 +34,14 @@ CREATE TABLE IF NOT EXISTS examples (
 CREATE TABLE IF NOT EXISTS scores (
     model TEXT NOT NULL, sample_id TEXT NOT NULL, metric TEXT NOT NULL, score REAL,
     PRIMARY KEY (model, sample_id));
+CREATE TABLE IF NOT EXISTS diagnostics (
+    diagnostic TEXT NOT NULL, model TEXT NOT NULL, sample_id TEXT NOT NULL, rows TEXT NOT NULL,
+    PRIMARY KEY (diagnostic, model, sample_id));
 """
 
 
 TABLES = {"run", "samples", "predictions", "examples", "scores"}
+LATER_TABLES = {"diagnostics"}  # absent from runs made before `longctx why` existed
 
 
 class RunStore:
@@ -74,8 +78,8 @@ class RunStore:
         tables = {name for (name,) in self.db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         if not tables and created:
             return
-        if not TABLES <= tables or tables - TABLES:
-            other = sorted(tables - TABLES)
+        if not TABLES <= tables or tables - TABLES - LATER_TABLES:
+            other = sorted(tables - TABLES - LATER_TABLES)
             what = f"it holds other tables ({', '.join(other[:5])})" if other else "it has no longctx tables"
             raise UsageError(f"{self.path} is not a longctx run database: {what}; give another path")
 
@@ -183,6 +187,32 @@ class RunStore:
             done |= {r[0] for r in self.db.execute(
                 f"SELECT sample_id FROM predictions WHERE model = ? AND sample_id IN ({marks})", (model, *part))}
         return done
+
+    # -- diagnostics (`longctx why`) ------------------------------------------------------
+    def add_diagnostic(self, diagnostic: str, model: str, sample_id: str, rows: list[dict]) -> None:
+        """A diagnostic's rows for one sample ("" for the model as a whole), all or nothing."""
+        with self.transaction():
+            self.db.execute("INSERT OR REPLACE INTO diagnostics VALUES (?,?,?,?)",
+                            (diagnostic, model, sample_id, json.dumps(rows)))
+
+    def diagnosed(self, diagnostic: str, model: str) -> set[str]:
+        """The sample ids (and "" for the model) a diagnostic has rows for."""
+        return {r[0] for r in self.db.execute(
+            "SELECT sample_id FROM diagnostics WHERE diagnostic = ? AND model = ?", (diagnostic, model))}
+
+    def diagnostics(self) -> list[dict]:
+        """Every diagnostic row, with its model, sample and the sample's task and length ([] for a
+        run made before diagnostics existed)."""
+        if not self.db.execute("SELECT 1 FROM sqlite_master WHERE name = 'diagnostics'").fetchone():
+            return []
+        out = []
+        for diagnostic, model, sid, rows, task, length, meta in self.db.execute(
+                "SELECT d.diagnostic, d.model, d.sample_id, d.rows, s.task, s.length, s.meta FROM diagnostics d "
+                "LEFT JOIN samples s USING (model, sample_id) ORDER BY d.diagnostic, d.model, s.task, s.length"):
+            depth = json.loads(meta).get("params", {}).get("depth") if meta else None
+            out += [{"diagnostic": diagnostic, "model": model, "sample_id": sid, "task": task, "length": length,
+                     "depth": depth, **row} for row in json.loads(rows)]
+        return out
 
     def prediction_count(self) -> int:
         return self.db.execute("SELECT COUNT(*) FROM predictions").fetchone()[0]

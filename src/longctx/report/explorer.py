@@ -3,8 +3,9 @@ length, depth and verdict (right, wrong, failed), with the prompt shown where th
 (each cell's first two samples and its first wrong answers) and the targets highlighted in it; and
 the failed predictions grouped by reason. All data is embedded in the page: it works offline.
 
-The page reads filters from its address too (`report.html#model=B&verdict=wrong`), and writes the
-number of matching predictions into `body[data-explorer]`, so a headless browser can check them.
+The page reads filters from its address too (`report.html#model=B&verdict=wrong`; `&prompt` opens
+the first matching prompt), and writes the number of matching predictions into
+`body[data-explorer]`, so a headless browser can check them.
 """
 
 from __future__ import annotations
@@ -64,9 +65,11 @@ SCRIPT = r"""
       cell(tr, r.g.join(', ')).className = 'text';
       cell(tr, r.p >= 0 ? 'show' : '');
       if (r.p >= 0) tr.addEventListener('click', () => {
+        const pre = highlight(data.prompts[r.p], r.g);
         prompt.replaceChildren(Object.assign(document.createElement('p'),
-          {textContent: `${r.m} · ${r.t} @ ${r.n} · sample ${r.i}: the prompt, targets marked`}),
-          highlight(data.prompts[r.p], r.g));
+          {textContent: `${r.m} · ${r.t} @ ${r.n} · sample ${r.i}: the prompt, targets marked`}), pre);
+        const mark = pre.querySelector('mark');  // the needle in view
+        if (mark) pre.scrollTop = mark.offsetTop - pre.offsetTop - pre.clientHeight / 3;
       });
       tbody.append(tr);
     }
@@ -74,11 +77,14 @@ SCRIPT = r"""
       (rows.length > 500 ? '; the first 500 are shown' : '') + (data.truncated ? `; ${data.truncated} more were left out of this page` : '');
     document.body.dataset.explorer = `rows=${rows.length}`;
   }
+  let open = false;
   for (const part of decodeURIComponent(location.hash.slice(1)).split('&')) {
     const [k, v] = part.split('=');
     if (selects[k] && v !== undefined) selects[k].value = v;
+    if (k === 'prompt') open = true;
   }
   show();
+  if (open) [...tbody.rows].find(tr => tr.lastChild.textContent === 'show')?.click();
 })();
 """
 

@@ -21,7 +21,7 @@ table{border-collapse:collapse;margin:1em 0;font-size:13px}th,td{border:1px soli
 th:first-child,td:first-child{text-align:left}th{background:#f3f3f3;cursor:pointer}img{max-width:100%;margin:1em 0}
 details{margin:.4em 0}pre{white-space:pre-wrap;background:#f7f7f7;padding:.6em;max-height:24em;overflow:auto}
 .meta{font-size:12px;color:#555}.summary td{font-size:15px}mark{background:#ffd54f}
-table.predictions td.text{text-align:left;max-width:28em;white-space:pre-wrap}
+table.predictions td,table.predictions th{text-align:left}table.predictions td.text{max-width:28em;white-space:pre-wrap}
 tr.wrong td{background:#fdecea}tr.failed td{background:#eee;color:#777}.filters select{margin-right:.6em}
 """
 

@@ -1,0 +1,115 @@
+"""Needle attention: how much of each attention head's mass lands on the needle's tokens, from the
+last prompt token and from each answer token (`needle_attention.csv`).
+
+A full attention map is never built (at 16K tokens on SmolLM2 it would take about 270 GiB): the
+prompt but its last token is prefilled with the model's own fast kernel into a cache, then the
+last prompt token and each greedy answer token run one at a time in transformers' eager attention,
+which returns only their own rows ([heads, 1, positions] per layer). The needle's tokens are those
+whose characters overlap an occurrence of a target in the prompt (for NIAH, the needle's value).
+
+Each row: the query ("last" or "answer_k"), the attention layer (counted among the model's
+attention layers only, so a hybrid's recurrent layers do not count), the head, the mass on the
+needle, and `uniform`, the mass a head spreading its attention evenly would put there (needle
+tokens / positions seen): a mass far above `uniform` is attention that found the needle.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+from ..models.transformers_compat import with_cache
+from ..types import Sample
+
+# Answer tokens whose attention rows are kept (beyond them an answer rarely still copies the needle).
+ANSWER_TOKENS = 8
+
+
+class NeedleAttention:
+    name = "needle_attention"
+    per_sample = True
+
+    def __init__(self, answer_tokens: int = ANSWER_TOKENS):
+        self.answer_tokens = answer_tokens
+
+    def skip_reason(self, adapter, sample: Sample | None = None) -> str | None:
+        model = getattr(adapter, "model", None)
+        if model is None or not hasattr(model, "set_attn_implementation"):
+            return f"needs a transformers model (the hf backend), not {type(adapter).__name__}"
+        if not _attention_layers(model):
+            return "the model has no attention layer"
+        if sample is not None and not needle_spans(adapter.tokenizer, sample):
+            return f"no target of {sample.task} appears in its prompt (no needle to attend to)"
+        return None
+
+    def measure(self, adapter, sample: Sample | None) -> list[dict]:
+        import torch
+        from transformers import DynamicCache
+
+        model, tokenizer = adapter.model, adapter.tokenizer
+        ids = torch.tensor([tokenizer.encode(sample.full_prompt)], device=model.device)
+        needle = sorted({t for a, b in needle_spans(tokenizer, sample) for t in range(a, b)})
+        rows = []
+        with torch.no_grad():
+            cache = DynamicCache(config=model.config)
+            model(input_ids=ids[:, :-1], use_cache=True, logits_to_keep=1, **with_cache(model, cache))
+            token = ids[:, -1:]
+            for k in range(1 + self.answer_tokens):
+                with _eager(model):
+                    out = model(input_ids=token, use_cache=True, output_attentions=True, logits_to_keep=1,
+                                **with_cache(model, cache))
+                seen = ids.shape[1] + k
+                query = "last" if k == 0 else f"answer_{k}"
+                rows += _rows(out.attentions, needle, seen, query)
+                token = out.logits[:, -1].argmax(-1, keepdim=True)
+                if int(token) in adapter.eos_ids:
+                    break
+        return rows
+
+
+def _rows(attentions, needle: list[int], seen: int, query: str) -> list[dict]:
+    out = []
+    layers = [a for a in attentions if a is not None]
+    for layer, weights in enumerate(layers):  # [1, heads, 1, seen]
+        mass = weights[0, :, -1, needle].sum(-1)
+        for head, value in enumerate(mass.tolist()):
+            out.append({"query": query, "layer": layer, "head": head, "needle_mass": round(value, 6),
+                        "uniform": round(len(needle) / seen, 6), "needle_tokens": len(needle), "positions": seen})
+    return out
+
+
+def needle_spans(tokenizer, sample: Sample) -> list[tuple[int, int]]:
+    """Token ranges [start, end) of every occurrence of a target in the prompt (not in the answer
+    prefix), in the full prompt's token positions."""
+    text = sample.full_prompt
+    chars = []
+    for target in sample.targets:
+        start = sample.prompt.find(target) if target else -1
+        while start >= 0:
+            chars.append((start, start + len(target)))
+            start = sample.prompt.find(target, start + 1)
+    if not chars:
+        return []
+    offsets = tokenizer.hf(text, add_special_tokens=tokenizer.adds_special_tokens(text),
+                           return_offsets_mapping=True)["offset_mapping"]
+    spans = []
+    for a, b in chars:
+        tokens = [i for i, (s, e) in enumerate(offsets) if s < b and e > a and e > s]
+        if tokens:
+            spans.append((tokens[0], tokens[-1] + 1))
+    return spans
+
+
+def _attention_layers(model) -> list:
+    """The modules that compute attention the model's attention implementation dispatches to."""
+    return [m for m in model.modules() if type(m).__name__.endswith("Attention") and hasattr(m, "config")]
+
+
+@contextlib.contextmanager
+def _eager(model):
+    """transformers' eager attention (which returns its weights) for one call, then the model's own."""
+    own = model.config._attn_implementation
+    model.set_attn_implementation("eager")
+    try:
+        yield
+    finally:
+        model.set_attn_implementation(own)
