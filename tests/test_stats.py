@@ -114,3 +114,26 @@ def test_group_by_any_columns_leaves_failed_rows_out():
     rows = [{"model": "a", "length": 1, "score": 1.0}, {"model": "a", "length": 1, "score": None},
             {"model": "a", "length": 2, "score": 0.0}, {"model": "b", "length": 1, "score": 0.5}]
     assert group(rows, ["model", "length"]) == {("a", 1): [1.0], ("a", 2): [0.0], ("b", 1): [0.5]}
+
+
+def test_lost_in_the_middle_summary_by_hand():
+    """Depths 0, 50, 100 with 4 samples each: edges [1,1,1,1] and [1,1,0,1], middle [0,0,1,0].
+    Gaps 100 - 25 and 75 - 25; intervals by Newcombe's method from scipy's Wilson intervals."""
+    from longctx.report.depth import depth_summary_table
+
+    scores = {0: [1, 1, 1, 1], 50: [0, 0, 1, 0], 100: [1, 1, 0, 1]}
+    rows = [{"model": "m", "length": 1024, "depth": d, "score": float(s)} for d, ss in scores.items() for s in ss]
+    rows += [{"model": "m", "length": 2048, "depth": 50, "score": 1.0}]  # one depth: no summary at 2K
+
+    def newcombe(k1, k2, n=4):
+        ci1, ci2 = (binomtest(k, n).proportion_ci(method="wilson") for k in (k1, k2))
+        p1, p2 = k1 / n, k2 / n
+        d = p1 - p2
+        return d, d - math.sqrt((p1 - ci1.low) ** 2 + (ci2.high - p2) ** 2), \
+            d + math.sqrt((ci1.high - p1) ** 2 + (p2 - ci2.low) ** 2)
+
+    t = depth_summary_table(rows)
+    assert len(t.rows) == 1
+    gaps = [f"{100 * g:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]" for g, lo, hi in (newcombe(4, 1), newcombe(3, 1))]
+    assert t.rows[0] == ["m", "1K", "0-100 (3)", "12", *gaps, "50"]
+    assert gaps[0].startswith("+75.0")

@@ -6,9 +6,10 @@ import shutil
 from pathlib import Path
 
 from ..files import staged_folder
+from .depth import depth_summary_table
 from .figures import depth_heatmaps, length_curves, task_multiples
 from .html import write_html
-from .rows import load_rows, spec_model_order
+from .rows import load_diagnostics, load_rows, spec_model_order
 from .tables import build_tables, group_table, interval_table, paired_table, write_tables
 
 # What a report folder holds (the lab adds lab.md): only these may be replaced by a new report.
@@ -24,9 +25,12 @@ def make_report(db_paths, out: Path, reference: bool = False, threshold: float =
     models = {r["model"] for r in rows}
     with staged_folder(out, REPORT_NAMES) as stage:
         tables = list(lead_tables) + build_tables(rows, info, reference=reference, threshold=threshold) + \
-            [interval_table(rows)]
+            [t for t in (depth_summary_table(rows),) if t] + [interval_table(rows)]
         for keys in by:
             tables.append(group_table(rows, list(keys)))
+        from ..why.summary import why_tables
+
+        tables += why_tables(load_diagnostics(db_paths))
         if len(models) > 1:
             tables.append(paired_table(rows, baseline or next((m for m in spec_model_order(db_paths) if m in models),
                                                      min(models))))

@@ -64,6 +64,23 @@ def load_rows(db_paths) -> tuple[list[dict], dict[str, dict]]:
     return rows, info
 
 
+def load_diagnostics(db_paths) -> list[dict]:
+    """Every diagnostic row of the runs (`longctx why`), models named as `load_rows` names them."""
+    from ..store import RunStore
+
+    paths = [Path(p) for p in db_paths]
+    labels, per_run = _run_labels(paths), []
+    for path in paths:
+        store = RunStore(path, mode="read")
+        try:
+            per_run.append((path, store.diagnostics(), {r["model"] for r in store.results()} | set(store.model_info())))
+        finally:
+            store.close()
+    shared = _shared_model_names([models for _, _, models in per_run])
+    return [r | {"model": f"{labels[path]}/{r['model']}" if r["model"] in shared else r["model"]}
+            for path, rows, _ in per_run for r in rows]
+
+
 def spec_model_order(db_paths) -> list[str]:
     """The models in the order the runs' specs list them (the first is the default baseline),
     named as `load_rows` names them."""

@@ -66,7 +66,7 @@ def set_label(tasks) -> str:
     return f"average of {len(tasks)} of RULER's 13 tasks ({', '.join(tasks)})"
 
 
-def _fmt_length(n: int) -> str:
+def fmt_length(n: int) -> str:
     return f"{n // 1024}K" if n % 1024 == 0 else str(n)
 
 
@@ -105,10 +105,10 @@ def build_tables(rows: list[dict], info: dict[str, dict], reference: bool = Fals
     for number, task in enumerate(RULER_TASKS, start=6):
         if not any(t == task for _, t, _ in cells):
             continue
-        t = Table(f"task_{task}", f"{task} per length (Table {number})", ["model", *map(_fmt_length, lengths), "n"])
+        t = Table(f"task_{task}", f"{task} per length (Table {number})", ["model", *map(fmt_length, lengths), "n"])
         for m in models:
             here = [cells.get((m, task, n)) for n in lengths]
-            t.rows.append([m, *[_cell(_mean(v), refs.get((number, task, m, _fmt_length(n))))
+            t.rows.append([m, *[_cell(_mean(v), refs.get((number, task, m, fmt_length(n))))
                                 for v, n in zip(here, lengths)], _n(len(v) for v in here if v)])
         tables.append(t)
     tables += _depth_tables(rows, info, models, refs) + _format_tables(rows, models, refs)
@@ -121,14 +121,14 @@ def _table1(cells, tasks, models, lengths, info, refs, threshold, suffix: str) -
     full = len(tasks) == len(RULER_TASKS)
     note = "" if full or not refs else "; the paper's values are left out: they average all 13 tasks"
     t = Table(f"table1{suffix}", f"{set_label(tasks)} per length (Table 1){note}",
-              ["model", *map(_fmt_length, lengths), "Avg", "n"])
+              ["model", *map(fmt_length, lengths), "Avg", "n"])
     e = Table(f"effective{suffix}", f"effective context length ({set_label(tasks)} > {100 * threshold:.1f}) and "
               "area under the length curve", ["model", "training length", "effective length", "AUC"])
     for m in models:
         avgs = [set_average(cells, m, tasks, n) for n in lengths]
         complete = all(a is not None for a in avgs)
         ref = (lambda column: refs.get((1, "ruler_avg", m, column))) if full else (lambda column: None)
-        t.rows.append([m, *[_cell(a, ref(_fmt_length(n))) for a, n in zip(avgs, lengths)],
+        t.rows.append([m, *[_cell(a, ref(fmt_length(n))) for a, n in zip(avgs, lengths)],
                        _cell(sum(avgs) / len(avgs) if complete else None),
                        _n(len(cells[(m, task, n)]) for task in tasks for n in lengths if (m, task, n) in cells)])
         ran = {}  # the lengths before the first one it did not run
@@ -138,7 +138,7 @@ def _table1(cells, tasks, models, lengths, info, refs, threshold, suffix: str) -
             ran[n] = a
         eff = effective_length(ran, threshold) if ran else None
         train = (info.get(m) or {}).get("train_context")
-        e.rows.append([m, _fmt_length(train) if train else "-", _fmt_length(eff) if eff else "-",
+        e.rows.append([m, fmt_length(train) if train else "-", fmt_length(eff) if eff else "-",
                        f"{100 * area_under_length_curve(ran):.2f}" if complete else "-"])
     return [t, e]
 
@@ -161,7 +161,7 @@ def _depth_tables(rows, info, models, refs) -> list[Table]:
                 continue
             values = [_mean(v) for v in here]
             done = [v for v in values if v is not None]
-            t.rows.append([m, _fmt_length(n), *[_cell(v, refs.get((number, name, m, str(d)))) for v, d in zip(values, depths)],
+            t.rows.append([m, fmt_length(n), *[_cell(v, refs.get((number, name, m, str(d)))) for v, d in zip(values, depths)],
                            _cell(sum(done) / len(done), refs.get((number, name, m, "Avg"))), _n(len(v) for v in here if v)])
         if t.rows:
             out.append(t)
@@ -177,7 +177,7 @@ def _format_tables(rows, models, refs) -> list[Table]:
         cells = group(sub, ("model", "length", "depth"))
         cols = sorted({(r["length"], r["depth"]) for r in sub}, key=lambda c: (c[0], -1 if c[1] is None else c[1]))
         t = Table(f"format_{fmt}", f"{fmt} by length and depth (Table 4)",
-                  ["model", *[f"{_fmt_length(n)}@{d}" for n, d in cols], "n"])
+                  ["model", *[f"{fmt_length(n)}@{d}" for n, d in cols], "n"])
         for m in models:
             vals = [cells.get((m, n, d)) for n, d in cols]
             t.rows.append([m, *[_cell(_mean(v), refs.get((4, fmt, m, f"{n},{d}"))) for v, (n, d) in zip(vals, cols)],

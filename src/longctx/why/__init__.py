@@ -15,6 +15,7 @@ from .base import Diagnostic
 DIAGNOSTICS = {
     "attention": "longctx.why.attention:NeedleAttention",
     "rope": "longctx.why.rope:RotaryGeometry",
+    "retrieval_heads": "longctx.why.retrieval:RetrievalHeads",
 }
 
 

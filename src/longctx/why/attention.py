@@ -35,45 +35,63 @@ class NeedleAttention:
         model = getattr(adapter, "model", None)
         if model is None or not hasattr(model, "set_attn_implementation"):
             return f"needs a transformers model (the hf backend), not {type(adapter).__name__}"
-        if not _attention_layers(model):
+        if not attention_layers(model):
             return "the model has no attention layer"
         if sample is not None and not needle_spans(adapter.tokenizer, sample):
             return f"no target of {sample.task} appears in its prompt (no needle to attend to)"
         return None
 
-    def measure(self, adapter, sample: Sample | None) -> list[dict]:
-        import torch
-        from transformers import DynamicCache
-
-        model, tokenizer = adapter.model, adapter.tokenizer
-        ids = torch.tensor([tokenizer.encode(sample.full_prompt)], device=model.device)
-        needle = sorted({t for a, b in needle_spans(tokenizer, sample) for t in range(a, b)})
+    def measure(self, adapter, sample: Sample) -> list[dict]:
+        needle = needle_tokens(adapter.tokenizer, sample)
         rows = []
-        with torch.no_grad():
-            cache = DynamicCache(config=model.config)
-            model(input_ids=ids[:, :-1], use_cache=True, logits_to_keep=1, **with_cache(model, cache))
-            token = ids[:, -1:]
-            for k in range(1 + self.answer_tokens):
-                with _eager(model):
-                    out = model(input_ids=token, use_cache=True, output_attentions=True, logits_to_keep=1,
-                                **with_cache(model, cache))
-                seen = ids.shape[1] + k
-                query = "last" if k == 0 else f"answer_{k}"
-                rows += _rows(out.attentions, needle, seen, query)
-                token = out.logits[:, -1].argmax(-1, keepdim=True)
-                if int(token) in adapter.eos_ids:
-                    break
+        for query, attentions, sequence, generated in attention_steps(adapter, sample, self.answer_tokens):
+            rows += head_rows(attentions, needle, sequence, generated, query)
         return rows
 
 
-def _rows(attentions, needle: list[int], seen: int, query: str) -> list[dict]:
-    out = []
-    layers = [a for a in attentions if a is not None]
-    for layer, weights in enumerate(layers):  # [1, heads, 1, seen]
-        mass = weights[0, :, -1, needle].sum(-1)
-        for head, value in enumerate(mass.tolist()):
+def attention_steps(adapter, sample: Sample, answer_tokens: int):
+    """For the last prompt token and each greedy answer token after it, up to `answer_tokens` of
+    them (or the end token): (query name, each attention layer's weights of that one query row
+    [1, heads, 1, positions], the token ids seen so far, the token the step generates)."""
+    import torch
+    from transformers import DynamicCache
+
+    model = adapter.model
+    ids = adapter.tokenizer.encode(sample.full_prompt)
+    with torch.no_grad():
+        cache = DynamicCache(config=model.config)
+        model(input_ids=torch.tensor([ids[:-1]], device=model.device), use_cache=True, logits_to_keep=1,
+              **with_cache(model, cache))
+        sequence = list(ids)
+        for k in range(1 + answer_tokens):
+            with _eager(model):
+                out = model(input_ids=torch.tensor([sequence[-1:]], device=model.device), use_cache=True,
+                            output_attentions=True, logits_to_keep=1, **with_cache(model, cache))
+            generated = int(out.logits[0, -1].argmax())
+            yield ("last" if k == 0 else f"answer_{k}"), [a for a in out.attentions if a is not None], sequence, generated
+            if generated in adapter.eos_ids:
+                break
+            sequence = sequence + [generated]
+
+
+def needle_tokens(tokenizer, sample: Sample) -> list[int]:
+    """The positions of the needle's tokens (`needle_spans`, merged)."""
+    return sorted({t for a, b in needle_spans(tokenizer, sample) for t in range(a, b)})
+
+
+def head_rows(attentions, needle: list[int], sequence: list[int], generated: int, query: str) -> list[dict]:
+    """One row per layer and head. `copies`: the head's most attended position lies in the needle
+    and holds the token this step generates (Wu et al. 2024's copy event)."""
+    out, inside = [], set(needle)
+    for layer, weights in enumerate(attentions):  # [1, heads, 1, seen]
+        row = weights[0, :, -1]
+        mass = row[:, needle].sum(-1).tolist()
+        top = row.argmax(-1).tolist()
+        for head, value in enumerate(mass):
+            at = top[head]
             out.append({"query": query, "layer": layer, "head": head, "needle_mass": round(value, 6),
-                        "uniform": round(len(needle) / seen, 6), "needle_tokens": len(needle), "positions": seen})
+                        "uniform": round(len(needle) / len(sequence), 6), "needle_tokens": len(needle),
+                        "positions": len(sequence), "copies": int(at in inside and sequence[at] == generated)})
     return out
 
 
@@ -99,7 +117,7 @@ def needle_spans(tokenizer, sample: Sample) -> list[tuple[int, int]]:
     return spans
 
 
-def _attention_layers(model) -> list:
+def attention_layers(model) -> list:
     """The modules that compute attention the model's attention implementation dispatches to."""
     return [m for m in model.modules() if type(m).__name__.endswith("Attention") and hasattr(m, "config")]
 

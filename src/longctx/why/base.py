@@ -10,10 +10,11 @@ from ..types import Sample
 @runtime_checkable
 class Diagnostic(Protocol):
     name: str  # the CSV's stem and the database's key
-    per_sample: bool  # measured on each sample (True) or once per model, from the model alone (False)
+    per_sample: bool  # measured on each sample (True) or once per model, over all its samples (False)
 
     def skip_reason(self, adapter, sample: Sample | None = None) -> str | None:
         """Why this diagnostic does not apply to this model (or, given one, to this sample), or None."""
 
-    def measure(self, adapter, sample: Sample | None) -> list[dict]:
-        """The measurements, one dict per row of the CSV (keys the same in every row)."""
+    def measure(self, adapter, subject: Sample | list[Sample]) -> list[dict]:
+        """The measurements of one sample (`per_sample`) or of the model over all the spec's samples,
+        one dict per CSV row; a row with a `table` key goes to the CSV of that name instead."""

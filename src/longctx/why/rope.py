@@ -42,7 +42,7 @@ class RotaryGeometry:
             return "the model's training length is unknown"
         return None
 
-    def measure(self, adapter, sample: Sample | None) -> list[dict]:
+    def measure(self, adapter, samples: list[Sample]) -> list[dict]:  # (the config alone)
         base, width = rotary(adapter.model.config)
         train = _train_length(adapter)
         target = self.target_length or train

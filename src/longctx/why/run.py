@@ -18,7 +18,7 @@ from ..runner import model_context, model_info, plan, release
 from ..store import RunStore
 from . import load_diagnostic
 
-DEFAULT = ("attention", "rope")
+DEFAULT = ("attention", "rope", "retrieval_heads")
 
 
 def run_why(spec: RunSpec, store: RunStore, names: tuple[str, ...], progress=None) -> None:
@@ -33,29 +33,35 @@ def run_why(spec: RunSpec, store: RunStore, names: tuple[str, ...], progress=Non
             store.set_model_info(model_spec.name, model_info(model_spec, adapter))
             ctx = model_context(spec, model_spec, adapter)
             cache = SampleCache()
+            cells = {(task.name, length): cache.get(task, length, spec.samples, ctx)
+                     for task in p.tasks for length in spec.lengths}
+            for samples in cells.values():
+                store.add_samples(model_spec.name, samples)
             for d in diagnostics:
-                done = store.diagnosed(d.name, model_spec.name)
-                reason = d.skip_reason(adapter)
-                if reason or not d.per_sample:
-                    if "" not in done:
-                        store.add_diagnostic(d.name, model_spec.name, "",
-                                             [{"skipped": reason}] if reason else d.measure(adapter, None))
-                    continue
-                for task in p.tasks:
-                    for length in spec.lengths:
-                        samples = cache.get(task, length, spec.samples, ctx)
-                        store.add_samples(model_spec.name, samples)
-                        for s in samples:
-                            if s.id in done:
-                                continue
-                            why_not = d.skip_reason(adapter, s)
-                            store.add_diagnostic(d.name, model_spec.name, s.id,
-                                                 [{"skipped": why_not}] if why_not else d.measure(adapter, s))
-                            if progress:
-                                progress(model_spec.name, f"{d.name} {task.name}@{length}", 1)
+                _diagnose(store, model_spec.name, adapter, d, cells, progress)
         finally:
             release(adapter)
             del adapter
+
+
+def _diagnose(store: RunStore, model: str, adapter, d, cells: dict, progress) -> None:
+    """One diagnostic's missing measurements of one model: once for the model (a diagnostic that
+    does not apply, or one measured over all the samples), else sample by sample."""
+    done = store.diagnosed(d.name, model)
+    reason = d.skip_reason(adapter)
+    if reason or not d.per_sample:
+        if "" not in done:
+            rows = [{"skipped": reason}] if reason else d.measure(adapter, [s for c in cells.values() for s in c])
+            store.add_diagnostic(d.name, model, "", rows)
+        return
+    for (task, length), samples in cells.items():
+        for s in samples:
+            if s.id in done:
+                continue
+            why_not = d.skip_reason(adapter, s)
+            store.add_diagnostic(d.name, model, s.id, [{"skipped": why_not}] if why_not else d.measure(adapter, s))
+            if progress:
+                progress(model, f"{d.name} {task}@{length}", 1)
 
 
 def write_csvs(store: RunStore, out: Path) -> list[Path]:
@@ -66,9 +72,11 @@ def write_csvs(store: RunStore, out: Path) -> list[Path]:
         raise UsageError(f"{store.path} holds no diagnostics yet: run `longctx why` on its spec")
     out.mkdir(parents=True, exist_ok=True)
     paths = []
-    for name in sorted({r["diagnostic"] for r in rows}):
-        mine = [{k: v for k, v in r.items() if k != "diagnostic"} for r in rows if r["diagnostic"] == name]
-        columns = list(dict.fromkeys(k for r in mine for k in r))
+    for name in sorted({r.get("table") or r["diagnostic"] for r in rows}):
+        mine = [{k: v for k, v in r.items() if k not in ("diagnostic", "table")} for r in rows
+                if (r.get("table") or r["diagnostic"]) == name]
+        columns = [k for k in dict.fromkeys(k for r in mine for k in r) if k != "skipped"]
+        columns += ["skipped"] if any("skipped" in r for r in mine) else []
         path = out / f"{name}.csv"
         with open(path, "w", newline="") as f:
             writer = csv.DictWriter(f, columns)

@@ -1,0 +1,108 @@
+"""The report's "Why" tables, from the diagnostics' rows (`RunStore.diagnostics`)."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+from ..report.tables import Table, fmt_length
+from ..stats import interval, mcnemar, paired_permutation
+
+
+def why_tables(rows: list[dict]) -> list[Table]:
+    tables = []
+    measured = [r for r in rows if "skipped" not in r]
+    attention = [r for r in measured if r["diagnostic"] == "needle_attention"]
+    if attention:
+        tables.append(needle_attention_table(attention))
+    rope = [r for r in measured if r["diagnostic"] == "rope" and r.get("kind") == "summary"]
+    if rope:
+        tables.append(rope_table(rope))
+    heads = [r for r in measured if r.get("table") == "retrieval_heads"]
+    if heads:
+        tables.append(retrieval_table(heads))
+    ablation = [r for r in measured if r.get("table") == "head_ablation"]
+    if ablation:
+        tables.append(ablation_table(ablation))
+    skipped = sorted({(r["model"], r["diagnostic"], r["skipped"]) for r in rows if "skipped" in r})
+    if skipped:
+        tables.append(Table("why_skipped", "diagnostics that do not apply, and why", ["model", "diagnostic", "reason"],
+                            [list(s) for s in skipped]))
+    return tables
+
+
+def needle_attention_table(rows: list[dict]) -> Table:
+    """Per model, task, length and depth, from the last prompt token: the mean over samples of
+    the largest needle mass any head puts there, beside what spreading evenly would put there,
+    and the layer:head with the largest mean mass."""
+    last = [r for r in rows if r["query"] == "last"]
+    peak: dict[tuple, dict[str, float]] = defaultdict(dict)  # cell -> sample -> its peak
+    uniform: dict[tuple, dict[str, float]] = defaultdict(dict)
+    heads: dict[tuple, dict[tuple, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for r in last:
+        cell = (r["model"], r["task"], r["length"], r["depth"])
+        peak[cell][r["sample_id"]] = max(peak[cell].get(r["sample_id"], 0.0), r["needle_mass"])
+        uniform[cell][r["sample_id"]] = r["uniform"]
+        heads[cell][(r["layer"], r["head"])].append(r["needle_mass"])
+    t = Table("why_needle_attention", "needle attention from the last prompt token: the largest share of a head's "
+              "attention on the needle (mean over samples, x100), beside an even spread's share",
+              ["model", "task", "length", "depth", "n", "peak head mass", "even spread", "top layer:head"])
+    for cell in sorted(peak, key=lambda c: tuple(map(str, c))):
+        model, task, length, depth = cell
+        n = len(peak[cell])
+        (layer, head), _ = max(heads[cell].items(), key=lambda kv: sum(kv[1]) / len(kv[1]))
+        t.rows.append([model, task, fmt_length(length), "-" if depth is None else str(depth), str(n),
+                       f"{100 * sum(peak[cell].values()) / n:.2f}", f"{100 * sum(uniform[cell].values()) / n:.2f}",
+                       f"{layer}:{head}"])
+    return t
+
+
+def rope_table(rows: list[dict]) -> Table:
+    t = Table("why_rope", "rotary geometry: pairs that turn fully within the training length, and the base that "
+              "Men et al.'s bound asks for at the run's longest length",
+              ["model", "base", "rotary dims", "training length", "pairs turning in training",
+               "first incomplete period / training", "target length", "bound holds", "first passing base",
+               "all pass from base"])
+    for r in sorted(rows, key=lambda r: r["model"]):
+        t.rows.append([r["model"], f"{r['base']:g}", str(r["rotary_dims"]), fmt_length(r["train_length"]),
+                       f"{r['dims_turning_in_train']} of {r['rotary_dims'] // 2}",
+                       "-" if r["first_incomplete_period_over_train"] is None
+                       else f"{r['first_incomplete_period_over_train']:.2f}",
+                       fmt_length(r["target_length"]), "yes" if r["bound_holds_at_base"] else "no",
+                       "-" if r["first_passing_base"] is None else f"{r['first_passing_base']:.3g}",
+                       "-" if r["all_pass_from_base"] is None else f"{r['all_pass_from_base']:.3g}"])
+    return t
+
+
+def retrieval_table(rows: list[dict], top: int = 10) -> Table:
+    t = Table("why_retrieval_heads", f"retrieval heads (Wu et al. 2024): the {top} heads of highest retrieval score "
+              "per model, over its correctly answered needle samples",
+              ["model", "rank", "layer:head", "retrieval score", "correct samples"])
+    for r in sorted(rows, key=lambda r: (r["model"], r["rank"])):
+        if r["rank"] <= top:
+            t.rows.append([r["model"], str(r["rank"]), f"{r['layer']}:{r['head']}", f"{r['retrieval_score']:.3f}",
+                           str(r["correct_samples"])])
+    return t
+
+
+def ablation_table(rows: list[dict]) -> Table:
+    """Accuracy with no head masked, the top-k retrieval heads masked and k random heads masked, on
+    the same samples (95 % Wilson intervals), and the paired test of top-k against random."""
+    t = Table("why_head_ablation", "masking the top retrieval heads against as many random heads, same samples "
+              "(accuracy x100 [95 % interval]; p: top against random, paired)",
+              ["model", "k", "n", "no head masked", "top-k masked", "random k masked", "p", "test"])
+    by_model: dict[str, list[dict]] = defaultdict(list)
+    for r in rows:
+        if None not in (r["score"], r["score_top_masked"], r["score_random_masked"]):
+            by_model[r["model"]].append(r)
+    for model, mine in sorted(by_model.items()):
+        cells = []
+        for key in ("score", "score_top_masked", "score_random_masked"):
+            ci = interval([r[key] for r in mine])
+            cells.append(f"{100 * ci.mean:.1f} [{100 * ci.low:.1f}, {100 * ci.high:.1f}]")
+        a, b = [r["score_top_masked"] for r in mine], [r["score_random_masked"] for r in mine]
+        if all(x in (0.0, 1.0) for x in a + b):
+            p, test = mcnemar(a, b)[2], "McNemar (exact)"
+        else:
+            p, test = paired_permutation(a, b)[1], "sign-flip permutation"
+        t.rows.append([model, str(mine[0]["k"]), str(len(mine)), *cells, f"{p:.3g}", test])
+    return t

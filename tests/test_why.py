@@ -1,0 +1,223 @@
+"""`longctx why`: each diagnostic on hand-built models where the quantity is known exactly, the fast
+path against a full reference, and the command's storage, resume and skip reasons."""
+
+import math
+import sqlite3
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from longctx.cli import main
+from longctx.types import Sample
+from longctx.why.attention import NeedleAttention, needle_spans
+from longctx.why.rope import GRID, RotaryGeometry, angles, bound_holds
+from tiny_models import make_checkpoint
+
+NEEDLE = "The special magic number for quiet-river is: 4071."
+PROMPT = "Some filler text about the grass. " * 12 + NEEDLE + " More filler about the sky. " * 8 + \
+    "What is the special magic number for quiet-river?"
+
+
+def sample(prompt=PROMPT, targets=("4071",)):
+    return Sample("s0", "niah_single_1", 1024, 0, prompt, " Answer:", targets, 4, "string_match_all", {"params": {}})
+
+
+def llama(bpe, seed=0, zero_scores=False):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=len(bpe.hf), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, intermediate_size=64, max_position_embeddings=512)
+    model = LlamaForCausalLM(config).eval()
+    if zero_scores:  # every score 0: each query spreads its attention evenly over what it sees
+        for layer in model.model.layers:
+            layer.self_attn.q_proj.weight.data.zero_()
+    return model
+
+
+def adapter(model, tokenizer):
+    return SimpleNamespace(model=model, tokenizer=tokenizer, eos_ids=set(), train_context=512)
+
+
+def test_needle_span_is_the_targets_tokens(bpe):
+    s = sample()
+    spans = needle_spans(bpe, s)
+    ids = bpe.encode(s.full_prompt)
+    assert len(spans) == 1
+    a, b = spans[0]
+    assert "4071" in bpe.hf.decode(ids[a:b]).replace(" ", "") and "4071" not in bpe.hf.decode(ids[:a] + ids[b:])
+
+
+def test_uniform_attention_puts_exactly_the_span_share_on_the_needle(bpe):
+    """With every attention score 0, each head's mass on the needle is needle tokens / positions
+    seen, for the last prompt token and for every answer token."""
+    rows = NeedleAttention(answer_tokens=3).measure(adapter(llama(bpe, zero_scores=True), bpe), sample())
+    assert {r["query"] for r in rows} == {"last", "answer_1", "answer_2", "answer_3"}
+    assert len(rows) == 4 * 2 * 4  # queries x layers x heads
+    for r in rows:
+        assert r["needle_mass"] == pytest.approx(r["needle_tokens"] / r["positions"], abs=2e-6)
+        assert r["uniform"] == pytest.approx(r["needle_tokens"] / r["positions"], abs=1e-6)
+    assert {r["positions"] for r in rows if r["query"] == "last"} == {len(bpe.encode(sample().full_prompt))}
+
+
+def test_needle_attention_equals_the_full_attention_maps_rows(bpe):
+    """The fast path (fast-kernel prefill, then eager single rows) against transformers' full
+    eager attention maps over prompt + answer, on a random model."""
+    model, s = llama(bpe, seed=3), sample()
+    rows = NeedleAttention(answer_tokens=2).measure(adapter(model, bpe), s)
+    ids = bpe.encode(s.full_prompt)
+    a, b = needle_spans(bpe, s)[0]
+    answer = [int(x) for x in model.generate(torch.tensor([ids]), max_new_tokens=2, do_sample=False,
+                                             pad_token_id=0)[0, len(ids):]]
+    own = model.config._attn_implementation
+    model.set_attn_implementation("eager")
+    with torch.no_grad():
+        maps = model(input_ids=torch.tensor([ids + answer]), output_attentions=True).attentions
+    model.set_attn_implementation(own)
+    for r in rows:
+        at = len(ids) - 1 + (0 if r["query"] == "last" else int(r["query"].split("_")[1]))
+        want = float(maps[r["layer"]][0, r["head"], at, a:b].sum())
+        assert r["needle_mass"] == pytest.approx(want, abs=1e-5), r
+
+
+def test_needle_attention_skips_what_it_cannot_measure(bpe, tmp_path):
+    d = NeedleAttention()
+    assert "no attention layer" in d.skip_reason(adapter(
+        __import__("transformers").AutoModelForCausalLM.from_config(
+            __import__("tiny_models").tiny_config("mamba2", len(bpe.hf))), bpe))
+    assert "needs a transformers model" in d.skip_reason(SimpleNamespace(tokenizer=bpe))
+    assert "no target" in d.skip_reason(adapter(llama(bpe), bpe), sample(targets=("9999",)))
+
+
+def test_rotary_table_and_bound_against_numpy():
+    config = SimpleNamespace(rope_parameters={"rope_theta": 500.0}, hidden_size=64, num_attention_heads=4,
+                             head_dim=16, max_position_embeddings=256)
+    rows = RotaryGeometry(target_length=1024).measure(SimpleNamespace(model=SimpleNamespace(config=config),
+                                                                      train_context=256), None)
+    dims, summary = [r for r in rows if r["kind"] == "dim"], rows[-1]
+    theta = 500.0 ** (-np.arange(0, 16, 2) / 16)
+    assert [r["theta"] for r in dims] == pytest.approx(list(theta))
+    assert [r["period"] for r in dims] == pytest.approx(list(2 * np.pi / theta))
+    assert summary["dims_turning_in_train"] == int((2 * np.pi / theta <= 256).sum())
+    assert summary["first_incomplete_period_over_train"] == pytest.approx(min(p for p in 2 * np.pi / theta / 256 if p > 1))
+
+    def direct(base):  # every m from 0 to 1024
+        m = np.arange(0, 1025)[:, None]
+        return bool((np.cos(m * base ** (-np.arange(0, 16, 2) / 16)).sum(1) >= 0).all())
+
+    assert summary["bound_holds_at_base"] == direct(500.0)
+    holds = [direct(b) for b in GRID]
+    assert summary["first_passing_base"] == GRID[holds.index(True)]
+    assert summary["all_pass_from_base"] == next(b for i, b in enumerate(GRID) if all(holds[i:]))
+    assert all(bound_holds(b, 16, 1024) == h for b, h in zip(GRID[::40], holds[::40]))
+    assert angles(10000.0, 4) == pytest.approx([1.0, 0.01])
+    assert "no rotary" in RotaryGeometry().skip_reason(SimpleNamespace(model=SimpleNamespace(
+        config=SimpleNamespace(hidden_size=8, num_attention_heads=1))))
+
+
+def test_why_stores_resumes_skips_with_reasons_and_writes_csvs(bpe, tmp_path, capsys, monkeypatch):
+    folder = make_checkpoint("llama", tmp_path / "llama", bpe)
+    spec = {"name": "w", "db": str(tmp_path / "w.sqlite"), "tasks": ["niah_single_1", "vt"], "lengths": [1024],
+            "samples": 2, "diagnostics": ["attention", "rope"],
+            "models": [{"name": "tiny", "backend": "hf", "args": {"path": str(folder)}},
+                       {"name": "stand-in", "backend": "mock", "args": {"tokenizer": str(folder)}}]}
+    path = tmp_path / "w.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    out = tmp_path / "why"
+    assert main(["why", str(path), "--out", str(out)]) == 0
+    attention = (out / "needle_attention.csv").read_text().splitlines()
+    assert attention[0].startswith("model,sample_id,task,length,depth,query,layer,head,needle_mass,uniform")
+    assert any(line.startswith("tiny,") and ",niah_single_1,1024," in line for line in attention)
+    assert any(line.startswith("stand-in,") and "needs a transformers model" in line for line in attention)
+    rope = (out / "rope.csv").read_text()
+    assert "summary" in rope and "stand-in" in rope
+    con = sqlite3.connect(tmp_path / "w.sqlite")
+    stored = con.execute("SELECT COUNT(*) FROM diagnostics").fetchone()[0]
+    con.close()
+    # Resume: nothing is measured again.
+    monkeypatch.setattr(NeedleAttention, "measure", lambda *a: pytest.fail("measured twice"))
+    assert main(["why", str(path), "--out", str(out)]) == 0
+    con = sqlite3.connect(tmp_path / "w.sqlite")
+    assert con.execute("SELECT COUNT(*) FROM diagnostics").fetchone()[0] == stored
+    con.close()
+    spec["diagnostics"] = ["attention", "gradients"]
+    path.write_text(yaml.safe_dump(spec))
+    assert main(["why", str(path)]) == 2
+    assert "unknown diagnostic 'gradients'" in capsys.readouterr().err
+
+
+def test_the_reports_why_tables_by_hand():
+    from longctx.why.summary import why_tables
+
+    def row(sid, layer, head, mass, query="last"):
+        return {"diagnostic": "needle_attention", "model": "m", "sample_id": sid, "task": "niah_single_1",
+                "length": 1024, "depth": 50, "query": query, "layer": layer, "head": head, "needle_mass": mass,
+                "uniform": 0.01}
+
+    rows = [row("a", 0, 0, 0.2), row("a", 1, 1, 0.6), row("b", 0, 0, 0.4), row("b", 1, 1, 0.1),
+            row("b", 1, 1, 0.9, query="answer_1"),
+            {"diagnostic": "rope", "model": "m", "sample_id": "", "skipped": "the model has no rotary position embedding"}]
+    attention, skipped = why_tables(rows)
+    # peaks: a 0.6, b 0.4 -> 50.00; head 1:1 averages (0.6 + 0.1)/2 = 0.35 against 0:0's 0.3
+    assert attention.rows == [["m", "niah_single_1", "1K", "50", "2", "50.00", "1.00", "1:1"]]
+    assert skipped.rows == [["m", "rope", "the model has no rotary position embedding"]]
+
+
+def test_masking_a_head_zeroes_that_head_and_nothing_else(bpe):
+    """Masking (layer 0, head 2): at the input of layer 0's output projection, head 2's slice is
+    zero and every other head's slice is what it was; layer 1 is untouched by the hook itself."""
+    from longctx.why.retrieval import masked
+
+    model = llama(bpe, seed=5)
+    seen = {}
+    proj = model.model.layers[0].self_attn.o_proj
+    width = proj.in_features // model.config.num_attention_heads
+    ids = torch.tensor([bpe.encode(PROMPT)])
+    with torch.no_grad():
+        handle = proj.register_forward_hook(lambda m, args, out: seen.setdefault("x", []).append(args[0].clone()))
+        plain_logits = model(input_ids=ids).logits
+        with masked(model, [(0, 2)]):
+            masked_logits = model(input_ids=ids).logits
+        handle.remove()
+    before, after = seen["x"]
+    for head in range(model.config.num_attention_heads):
+        part = slice(head * width, (head + 1) * width)
+        if head == 2:
+            assert before[..., part].abs().sum() > 0 and after[..., part].abs().sum() == 0
+        else:
+            assert torch.equal(before[..., part], after[..., part])
+    assert not torch.allclose(plain_logits, masked_logits)
+    with torch.no_grad():
+        assert torch.equal(model(input_ids=ids).logits, plain_logits)  # the hook is gone
+
+
+def test_a_copy_event_and_the_retrieval_score_by_hand(monkeypatch):
+    """Head 0 attends most to a needle position holding the generated token (a copy); head 1 to a
+    needle position holding another token; head 2 outside the needle. Two samples, a needle of 2
+    tokens: head 0 copies once in each, so its score is (1/2 + 1/2) / 2 = 0.5."""
+    from longctx.why import retrieval
+    from longctx.why.attention import head_rows
+
+    sequence = [10, 11, 12, 13, 14]  # needle at positions 1, 2 (tokens 11, 12)
+    weights = torch.zeros(1, 3, 1, 5)
+    weights[0, 0, 0, 1] = weights[0, 1, 0, 2] = weights[0, 2, 0, 4] = 1.0
+    rows = head_rows([weights], [1, 2], sequence, generated=11, query="answer_1")
+    assert [r["copies"] for r in rows] == [1, 0, 0]
+    assert [r["needle_mass"] for r in rows] == [1.0, 1.0, 0.0]
+    steps = [("last", [weights], sequence, 11), ("answer_1", [weights], sequence + [11], 99)]
+    monkeypatch.setattr(retrieval, "attention_steps", lambda adapter, s, n: iter(steps))
+    monkeypatch.setattr(retrieval, "needle_tokens", lambda tokenizer, s: [1, 2])
+    ranked = retrieval.retrieval_scores(SimpleNamespace(tokenizer=None), [sample(), sample()], 4)
+    assert ranked == [((0, 0), 0.5), ((0, 1), 0.0), ((0, 2), 0.0)]
+
+
+def test_retrieval_heads_on_a_model_that_answers_nothing_says_so(bpe, tmp_path):
+    from longctx.models import load_model
+    from longctx.why.retrieval import RetrievalHeads
+
+    model = load_model("hf", path=str(make_checkpoint("llama", tmp_path / "llama", bpe)))
+    rows = RetrievalHeads().measure(model, [sample()])
+    assert rows == [{"table": "retrieval_heads", "skipped": "the model answered no needle sample correctly"}]
