@@ -902,3 +902,24 @@ def test_loading_shows_no_progress_bars_of_transformers_own(checkpoints, capfd):
     assert logging.is_progress_bar_enabled()
     load_model("hf", path=str(checkpoints["llama"]))
     assert "Loading weights" not in capfd.readouterr().err and logging.is_progress_bar_enabled()
+
+
+def test_no_advice_to_install_gpu_kernels_on_the_cpu(checkpoints):
+    """Mamba2's mixers run their PyTorch reference path on the CPU; transformers' advice to install
+    GPU kernels for it would be noise in a CPU run's log."""
+    import logging
+
+    from transformers.utils import logging as hf_logging
+
+    seen = []
+    handler = logging.Handler()
+    handler.emit = lambda record: seen.append(record.getMessage())
+    kernels = logging.getLogger("transformers.integrations.hub_kernels")
+    kernels.addHandler(handler)
+    hf_logging.warning_once.cache_clear()  # said once per process: an earlier test may have said it
+    try:
+        model = load_model("hf", path=str(checkpoints["mamba2"]))
+        model.generate([PROMPTS[0]], GenParams(max_new_tokens=2))
+    finally:
+        kernels.removeHandler(handler)
+    assert not [m for m in seen if "falling back to its reference PyTorch implementation" in m], seen

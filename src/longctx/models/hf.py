@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -90,6 +91,10 @@ class HFModel:
             raise UsageError(f"batch_size must be at least 1, not {batch_size}")
         self.device = _device(device)
         self.dtype = _dtype(dtype, self.device)
+        if self.device == "cpu":
+            # transformers advises installing GPU kernels (mamba_ssm, causal_conv1d) whenever a mixer
+            # runs its PyTorch reference path; on the CPU there is none to install: noise in a run's log.
+            logging.getLogger("transformers.integrations.hub_kernels").setLevel(logging.ERROR)
 
     def _attach(self, model, family: str, tokenizer: Tokenizer, name: str, *, batch_size: int, prefill_chunk,
                 chat_template: bool, max_context: int | None, train_context: int | None) -> None:
