@@ -221,3 +221,85 @@ def test_retrieval_heads_on_a_model_that_answers_nothing_says_so(bpe, tmp_path):
     model = load_model("hf", path=str(make_checkpoint("llama", tmp_path / "llama", bpe)))
     rows = RetrievalHeads().measure(model, [sample()])
     assert rows == [{"table": "retrieval_heads", "skipped": "the model answered no needle sample correctly"}]
+
+
+def tiny_adapter(family, bpe, tmp_path):
+    from longctx.models import load_model
+
+    return load_model("hf", path=str(make_checkpoint(family, tmp_path / family, bpe)))
+
+
+@pytest.mark.parametrize("family", ["mamba2", "mamba"])
+def test_state_statistics_equal_a_one_pass_reading(family, bpe, tmp_path):
+    """The state after each chunk equals the state one pass over the prompt up to there leaves."""
+    from transformers import DynamicCache
+
+    from longctx.models.transformers_compat import with_cache
+    from longctx.why.state import RecurrentState, heads_of, summarise
+
+    adapter = tiny_adapter(family, bpe, tmp_path)
+    rows = RecurrentState(every=16).measure(adapter, sample())
+    ids = bpe.encode(sample().full_prompt)
+    for position in (16, 48, len(ids)):
+        cache = DynamicCache(config=adapter.model.config)
+        with torch.no_grad():
+            adapter.model(input_ids=torch.tensor([ids[:position]]), use_cache=True, **with_cache(adapter.model, cache))
+        for layer in range(len(cache.layers)):
+            for head, values in enumerate(heads_of(cache.get_recurrent_state(layer)[0])):
+                got = next(r for r in rows if (r["position"], r["layer"], r["head"]) == (position, layer, head))
+                want = summarise(values)
+                assert all(got[k] == pytest.approx(want[k], rel=1e-3, abs=1e-6) for k in want), (position, layer, head)
+    assert {r["beyond_train"] for r in rows} == {False}
+
+
+def test_state_decay_by_hand(bpe, tmp_path):
+    """Mamba2 heads with -A = 1, 2, ... and a time-step bias b decay by exp(-a * log(1 + e^b))."""
+    from longctx.why.state import StateDecay
+
+    adapter = tiny_adapter("mamba2", bpe, tmp_path)
+    mixers = [m for m in adapter.model.modules() if hasattr(m, "A_log")]
+    heads = mixers[0].A_log.shape[0]
+    with torch.no_grad():
+        mixers[0].A_log.copy_(torch.log(torch.arange(1, heads + 1, dtype=torch.float)))
+        mixers[0].dt_bias.fill_(-2.0)
+    rows = [r for r in StateDecay().measure(adapter, []) if r["layer"] == 0]
+    for r in rows:
+        decay = math.exp(-(r["head"] + 1) * math.log1p(math.exp(-2.0)))
+        assert r["decay"] == pytest.approx(decay, rel=1e-5)
+        assert r["memory_tokens"] == pytest.approx(1 / (1 - decay), rel=1e-4)
+
+
+def test_collapse_rule_by_hand():
+    from longctx.why.state import collapsed
+
+    def series(*rms, train=3):
+        return [{"position": p, "rms": v, "beyond_train": p > train} for p, v in enumerate(rms, start=1)]
+
+    assert collapsed(series(1.0, 2.0, 1.5, 3.9, 4.1)) == 5  # beyond 3: 3.9 within [0.5, 4], 4.1 out
+    assert collapsed(series(1.0, 2.0, 1.5, 0.6, 0.4)) == 5  # below half the smallest
+    assert collapsed(series(1.0, 2.0, 1.5, 2.5)) is None
+    assert collapsed(series(5.0, train=0)) is None  # nothing within training to compare with
+
+
+def test_state_skips_what_it_does_not_read(bpe, tmp_path):
+    from longctx.why.state import RecurrentState
+
+    assert RecurrentState().skip_reason(tiny_adapter("llama", bpe, tmp_path)) == "the model has no recurrent state"
+    assert "not rwkv" in RecurrentState().skip_reason(SimpleNamespace(family="rwkv", model=torch.nn.Linear(1, 1)))
+
+
+def test_the_reports_state_tables_by_hand():
+    from longctx.why.summary import why_tables
+
+    def point(sid, head, position, rms):
+        return {"diagnostic": "state", "model": "m", "sample_id": sid, "task": "niah_single_1", "length": 4096,
+                "depth": None, "position": position, "layer": 0, "head": head, "rms": rms, "mean": 0, "var": 0,
+                "max_abs": 0, "train_length": 2048, "beyond_train": position > 2048}
+
+    rows = [point("a", 0, 1024, 1.0), point("a", 0, 2048, 2.0), point("a", 0, 3072, 5.0),   # collapses at 3072
+            point("a", 1, 1024, 1.0), point("a", 1, 2048, 1.0), point("a", 1, 3072, 1.5)]   # stays
+    rows += [{"diagnostic": "state_decay", "model": "m", "sample_id": "", "layer": 0, "head": h, "decay": 0.5,
+              "memory_tokens": t} for h, t in enumerate([2.0, 10.0, 4.0])]
+    state, decay = why_tables(rows)
+    assert state.rows == [["m", "niah_single_1", "4K", "2K", "2", "1", "3072", "2.50"]]
+    assert decay.rows == [["m", "0", "4.0", "10.0"]]

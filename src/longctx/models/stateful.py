@@ -183,6 +183,16 @@ def _forward_names_logits_to_keep(cls) -> bool:
     return "logits_to_keep" in inspect.signature(cls.forward).parameters
 
 
+def prefill_chunks(model, family: str, ids, chunk: int):
+    """Feed one unpadded batch of prompts `ids` [B, L] in chunks of `chunk` tokens, yielding after
+    each chunk the positions seen and the carried state (for CACHE_PARAMS_FAMILIES, a
+    DynamicCache holding each layer's recurrent state): what `longctx why` reads the state from."""
+    state = None
+    for start in range(0, ids.shape[1], chunk):
+        _, state = _step(model, family, ids[:, start:start + chunk], state)
+        yield min(start + chunk, ids.shape[1]), state
+
+
 def greedy_stateful(model, family: str, ids, max_new: int, eos_ids: set[int], chunk: int | None, pads=None):
     """Argmax decoding of `max_new` tokens for a batch of prompts `ids` [B, L], of equal length
     unless the family is PADDED_IN_LOOP (then `pads` [B] is each row's left padding).

@@ -16,6 +16,8 @@ DIAGNOSTICS = {
     "attention": "longctx.why.attention:NeedleAttention",
     "rope": "longctx.why.rope:RotaryGeometry",
     "retrieval_heads": "longctx.why.retrieval:RetrievalHeads",
+    "state": "longctx.why.state:RecurrentState",
+    "state_decay": "longctx.why.state:StateDecay",
 }
 
 

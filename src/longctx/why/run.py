@@ -18,7 +18,7 @@ from ..runner import model_context, model_info, plan, release
 from ..store import RunStore
 from . import load_diagnostic
 
-DEFAULT = ("attention", "rope", "retrieval_heads")
+DEFAULT = ("attention", "rope", "retrieval_heads", "state", "state_decay")
 
 
 def run_why(spec: RunSpec, store: RunStore, names: tuple[str, ...], progress=None) -> None:

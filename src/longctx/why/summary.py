@@ -6,6 +6,7 @@ from collections import defaultdict
 
 from ..report.tables import Table, fmt_length
 from ..stats import interval, mcnemar, paired_permutation
+from .state import collapsed
 
 
 def why_tables(rows: list[dict]) -> list[Table]:
@@ -23,6 +24,12 @@ def why_tables(rows: list[dict]) -> list[Table]:
     ablation = [r for r in measured if r.get("table") == "head_ablation"]
     if ablation:
         tables.append(ablation_table(ablation))
+    state = [r for r in measured if r["diagnostic"] == "state"]
+    if state:
+        tables.append(state_table(state))
+    decay = [r for r in measured if r["diagnostic"] == "state_decay"]
+    if decay:
+        tables.append(decay_table(decay))
     skipped = sorted({(r["model"], r["diagnostic"], r["skipped"]) for r in rows if "skipped" in r})
     if skipped:
         tables.append(Table("why_skipped", "diagnostics that do not apply, and why", ["model", "diagnostic", "reason"],
@@ -105,4 +112,43 @@ def ablation_table(rows: list[dict]) -> Table:
         else:
             p, test = paired_permutation(a, b)[1], "sign-flip permutation"
         t.rows.append([model, str(mine[0]["k"]), str(len(mine)), *cells, f"{p:.3g}", test])
+    return t
+
+
+def state_table(rows: list[dict]) -> Table:
+    """Per model, task and length: how many state series (sample x layer x head) collapse beyond the
+    training length (state.collapsed), where the first does, and the largest RMS beyond the
+    training length over the largest within it."""
+    series: dict[tuple, list[dict]] = defaultdict(list)
+    for r in rows:
+        series[(r["model"], r["task"], r["length"], r["sample_id"], r["layer"], r["head"])].append(r)
+    cells: dict[tuple, list[list[dict]]] = defaultdict(list)
+    for key, points in series.items():
+        cells[key[:3]].append(points)
+    t = Table("why_state", "recurrent state beyond the training length: series (sample x layer x head) whose RMS "
+              "leaves [half its smallest, twice its largest] within training", ["model", "task", "length",
+              "training length", "series", "collapsed", "first collapse at", "largest RMS beyond / within"])
+    for (model, task, length), group in sorted(cells.items(), key=lambda kv: tuple(map(str, kv[0]))):
+        firsts = [p for p in (collapsed(g) for g in group) if p is not None]
+        ratios = [max(r["rms"] for r in g if r["beyond_train"]) / max(r["rms"] for r in g if not r["beyond_train"])
+                  for g in group if any(r["beyond_train"] for r in g) and any(not r["beyond_train"] for r in g)
+                  and max(r["rms"] for r in g if not r["beyond_train"]) > 0]
+        train = group[0][0]["train_length"]
+        t.rows.append([model, task, fmt_length(length), fmt_length(train) if train else "-", str(len(group)),
+                       str(len(firsts)), str(min(firsts)) if firsts else "-",
+                       f"{max(ratios):.2f}" if ratios else "- (prompt within training length)"])
+    return t
+
+
+def decay_table(rows: list[dict]) -> Table:
+    t = Table("why_state_decay", "memory of each selective-SSM layer at its bias time step: about 1 / (1 - decay) "
+              "tokens (median and longest over the layer's heads or channels)",
+              ["model", "layer", "median memory (tokens)", "longest memory (tokens)"])
+    by_layer: dict[tuple, list[dict]] = defaultdict(list)
+    for r in rows:
+        by_layer[(r["model"], r["layer"])].append(r)
+    for (model, layer), mine in sorted(by_layer.items()):
+        tokens = sorted(r["memory_tokens"] for r in mine)
+        longest = max(r.get("longest_memory_tokens", r["memory_tokens"]) for r in mine)
+        t.rows.append([model, str(layer), f"{tokens[len(tokens) // 2]:.1f}", f"{longest:.1f}"])
     return t
