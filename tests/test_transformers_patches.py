@@ -44,12 +44,12 @@ def assert_names_version(error: pytest.ExceptionInfo) -> None:
 
 
 def test_the_tested_range_is_pyprojects_bounded_requirement():
-    """The range the errors name is pyproject's, it has an upper bound, and the README says it."""
+    """The range the errors name is pyproject's, it has an upper bound, and docs/run.md says it."""
     repo = Path(__file__).resolve().parents[1]
     pyproject = tomllib.loads((repo / "pyproject.toml").read_text())
     wanted = [r for r in pyproject["project"]["dependencies"] if r.startswith("transformers")]
     assert wanted == [f"transformers{compat.tested_range()}"] and "<" in compat.tested_range()
-    assert f"transformers `{compat.tested_range()}`" in (repo / "README.md").read_text()
+    assert f"transformers `{compat.tested_range()}`" in (repo / "docs" / "run.md").read_text()
 
 
 def test_the_cache_keyword_is_the_one_the_forward_declares():

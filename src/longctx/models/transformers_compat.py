@@ -54,7 +54,7 @@ def changed(patch: str, what: str) -> TransformersChangedError:
     return TransformersChangedError(
         f"{patch} cannot apply on transformers {transformers.__version__}: {what}. longctx is tested on "
         f"transformers {tested_range()}; install one of those (pip install 'transformers{tested_range()}') "
-        f"or see the README's 'Trying a newer transformers'")
+        f"or see docs/run.md, 'Versions'")
 
 
 @functools.cache
