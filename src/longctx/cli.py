@@ -252,10 +252,14 @@ def cmd_why(args) -> int:
         try:
             claim(store, spec, p.tasks)  # the run's samples: a spec of another run is refused
 
-            def step(model, label, n):
-                if not console.is_terminal:
-                    return
-                console.print(f"{model} {label}", end="\r")
+            last = {}
+
+            def step(model, label, n):  # a terminal shows the sample in hand; a log, each cell begun
+                if console.is_terminal:
+                    console.print(f"{model} {label}", end="\r")
+                elif last.get("label") != (model, label):
+                    last["label"] = (model, label)
+                    print(f"{model} {label}", file=sys.stderr, flush=True)
 
             run_why(spec, store, tuple(names), progress=step)
             paths = write_csvs(store, Path(args.out))
