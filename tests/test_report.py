@@ -1,6 +1,7 @@
 """Tables, intervals, effective length and the HTML report on a hand-made run with known answers."""
 
 import shutil
+from pathlib import Path
 import subprocess
 
 import pytest
@@ -199,7 +200,8 @@ def test_a_report_replaces_the_previous_one_whole(run_db, tmp_path, capsys):
     (mine / "notes.txt").write_text("keep")
     afile = tmp_path / "afile"
     afile.write_text("keep")
-    for target, message in ((mine, "holds files this command did not write"), (afile, "is a file")):
+    for target, message in ((mine, "holds files this command did not write"), (afile, "is a file"),
+                            (Path("/proc/longctx/report"), "cannot write to /proc/longctx")):
         assert main(["report", str(run_db), "--out", str(target)]) == 2
         assert message in capsys.readouterr().err
     assert (mine / "notes.txt").read_text() == "keep" and sorted(p.name for p in mine.iterdir()) == ["notes.txt"]

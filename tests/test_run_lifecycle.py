@@ -10,6 +10,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import yaml
 
@@ -106,8 +107,22 @@ def test_where_the_corpora_live_is_not_the_runs_identity_their_content_is_record
     assert json.loads(meta["corpora"]) == {"squad": squad}
     assert json.loads(meta["versions"])["longctx"] and json.loads(meta["host"])["cores"] == os.cpu_count()
     assert float(meta["wall_seconds"]) > 0
-    source = json.loads(meta["source"])  # this test runs from the checkout
-    assert source is None or (len(source["commit"]) == 40 and isinstance(source["dirty"], bool))
+    source = json.loads(meta["source"])  # the tests run from longctx's own checkout
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                          text=True).stdout.strip()
+    assert source["commit"] == head and isinstance(source["dirty"], bool)
+
+
+def test_a_copy_of_longctx_inside_another_repository_records_no_revision(tmp_path, monkeypatch):
+    """An installed copy that sits in some other git work tree has no revision of its own."""
+    from longctx import store
+
+    other = tmp_path / "other"
+    (other / "src" / "longctx").mkdir(parents=True)
+    subprocess.run(["git", "init", "-q", str(other)], check=True)
+    (other / "pyproject.toml").write_text('[project]\nname = "something-else"\n')
+    monkeypatch.setattr(store, "__file__", str(other / "src" / "longctx" / "store.py"))
+    assert store.source_revision() is None
 
 
 def test_runs_bound_before_data_dir_left_the_identity_still_resume(tmp_path, data_dir):
