@@ -303,3 +303,16 @@ def test_the_reports_state_tables_by_hand():
     state, decay = why_tables(rows)
     assert state.rows == [["m", "niah_single_1", "4K", "2K", "2", "1", "3072", "2.50"]]
     assert decay.rows == [["m", "0", "4.0", "10.0"]]
+
+
+def test_needle_attention_says_when_a_sample_would_not_fit(bpe, monkeypatch):
+    """Before it starts: a sample whose prefill would need more memory than the machine can give
+    is skipped with the sizes."""
+    from longctx import host
+
+    model = llama(bpe)
+    monkeypatch.setattr(host, "available_memory", lambda: 10_000)
+    reason = NeedleAttention().skip_reason(adapter(model, bpe), sample())
+    assert reason.startswith("needs about") and "GiB at" in reason and "can give 0.0 GiB" in reason
+    monkeypatch.setattr(host, "available_memory", lambda: 10 ** 12)
+    assert NeedleAttention().skip_reason(adapter(model, bpe), sample()) is None

@@ -39,6 +39,8 @@ class NeedleAttention:
             return "the model has no attention layer"
         if sample is not None and not needle_spans(adapter.tokenizer, sample):
             return f"no target of {sample.task} appears in its prompt (no needle to attend to)"
+        if sample is not None:
+            return too_big(model, sample.meta.get("token_count") or sample.length)
         return None
 
     def measure(self, adapter, sample: Sample) -> list[dict]:
@@ -72,6 +74,31 @@ def attention_steps(adapter, sample: Sample, answer_tokens: int):
             if generated in adapter.eos_ids:
                 break
             sequence = sequence + [generated]
+
+
+def needed_bytes(model, positions: int) -> int:
+    """About what the prefill needs at `positions` tokens: the keys and values of every layer (the
+    cache), twice over for the activations beside them (at 16K tokens SmolLM2-135M grew 1.9 GB
+    where its cache is 0.75 GB: benchmarks/why.py), and the MLP's widest activation four times."""
+    import torch
+
+    config = model.config
+    heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+    dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    width = torch.finfo(model.dtype).bits // 8
+    cache = config.num_hidden_layers * 2 * heads * dim * positions * width
+    return 3 * cache + 4 * (getattr(config, "intermediate_size", None) or 4 * config.hidden_size) * positions * width
+
+
+def too_big(model, positions: int) -> str | None:
+    """Why a sample of `positions` tokens would not fit in the memory this machine can give, or None."""
+    from ..host import available_memory
+
+    need, room = needed_bytes(model, positions), available_memory()
+    if room is not None and need > room:
+        return (f"needs about {need / 2 ** 30:.1f} GiB at {positions:,} tokens and this machine can give "
+                f"{room / 2 ** 30:.1f} GiB")
+    return None
 
 
 def needle_tokens(tokenizer, sample: Sample) -> list[int]:
