@@ -1,4 +1,4 @@
-"""The `longctx` command line: run | score | report | lab | generate | data download | tasks | models.
+"""The `longctx` command line: run | why | score | report | lab | generate | data download | tasks | models.
 
 User errors (bad arguments, missing data, impossible lengths) print one line and exit with 2.
 """
@@ -88,8 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--cpus-per-worker", type=float, default=1.0)
     r.add_argument("--gpus-per-worker", type=float, default=0.0)
 
-    wy = sub.add_parser("why", help="diagnostics that explain a run's scores (needle attention, rotary geometry); "
-                        "re-run to resume", epilog="Any --key=value after the spec overrides it, as for run.")
+    wy = sub.add_parser("why", help="diagnostics that explain a run's scores (needle attention, retrieval heads, "
+                        "recurrent state, rotary geometry); re-run to resume", epilog="Any --key=value after the spec overrides it, as for run.")
     wy.add_argument("spec", help="run spec (the run's own, plus an optional diagnostics: list)")
     wy.add_argument("--db", help="run database (default: the spec's, runs/<name>.sqlite)")
     wy.add_argument("--out", default="why", help="folder for the CSV files (default ./why)")
