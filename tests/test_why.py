@@ -316,3 +316,35 @@ def test_needle_attention_says_when_a_sample_would_not_fit(bpe, monkeypatch):
     assert reason.startswith("needs about") and "GiB at" in reason and "can give 0.0 GiB" in reason
     monkeypatch.setattr(host, "available_memory", lambda: 10 ** 12)
     assert NeedleAttention().skip_reason(adapter(model, bpe), sample()) is None
+
+
+@pytest.mark.parametrize("family", ["llama", "mamba2"])
+def test_position_loss_equals_a_plain_forwards_cross_entropy(family, bpe, tmp_path, monkeypatch):
+    """The decoder's one pass with the output layer applied a chunk at a time gives every
+    position's loss as the model's own full logits do."""
+    import torch.nn.functional as F
+
+    from longctx.why import position_loss
+
+    adapter = tiny_adapter(family, bpe, tmp_path)
+    ids = bpe.encode(PROMPT)
+    monkeypatch.setattr(position_loss, "HEAD_CHUNK", 7)  # several chunks, the last one short
+    got = position_loss.token_losses(adapter.model, ids)
+    with torch.no_grad():
+        logits = adapter.model(input_ids=torch.tensor([ids])).logits[0, :-1]
+    want = F.cross_entropy(logits.float(), torch.tensor(ids[1:]), reduction="none").tolist()
+    assert got == pytest.approx(want, abs=1e-4)
+
+
+def test_position_loss_buckets_and_skips(bpe, tmp_path, data_dir):
+    from longctx.corpora import DataPaths
+    from longctx.why.position_loss import PositionLoss
+
+    adapter = tiny_adapter("llama", bpe, tmp_path)
+    adapter.train_context = 256
+    rows = PositionLoss(length=512, data=DataPaths(data_dir), buckets=8).measure(adapter, [])
+    assert [(r["from_position"], r["to_position"]) for r in rows][:2] == [(1, 63), (64, 126)]
+    assert rows[-1]["to_position"] == 511 and sum(r["tokens"] for r in rows) == 511
+    assert [r["beyond_train"] for r in rows] == [r["from_position"] > 256 for r in rows]
+    missing = PositionLoss(data=DataPaths(tmp_path / "no-data")).skip_reason(adapter)
+    assert "essays not found" in missing and "longctx data download" in missing

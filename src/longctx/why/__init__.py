@@ -18,6 +18,7 @@ DIAGNOSTICS = {
     "retrieval_heads": "longctx.why.retrieval:RetrievalHeads",
     "state": "longctx.why.state:RecurrentState",
     "state_decay": "longctx.why.state:StateDecay",
+    "position_loss": "longctx.why.position_loss:PositionLoss",
 }
 
 

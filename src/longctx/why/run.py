@@ -11,6 +11,7 @@ import csv
 from pathlib import Path
 
 from ..config import RunSpec
+from ..corpora import DataPaths
 from ..errors import UsageError
 from ..generate import SampleCache
 from ..models import load_model
@@ -18,15 +19,16 @@ from ..runner import model_context, model_info, plan, release
 from ..store import RunStore
 from . import load_diagnostic
 
-DEFAULT = ("attention", "rope", "retrieval_heads", "state", "state_decay")
+DEFAULT = ("attention", "rope", "retrieval_heads", "state", "state_decay", "position_loss")
 
 
 def run_why(spec: RunSpec, store: RunStore, names: tuple[str, ...], progress=None) -> None:
     """Every missing measurement of the diagnostics `names` for every model of the spec.
     `progress(model, label, n)` is called after each stored measurement."""
     p = plan(spec)
-    diagnostics = [load_diagnostic(n, **({"target_length": max(spec.lengths)} if n == "rope" else {}))
-                   for n in names]
+    options = {"rope": {"target_length": max(spec.lengths)},
+               "position_loss": {"length": max(spec.lengths), "data": DataPaths(spec.data_dir)}}
+    diagnostics = [load_diagnostic(n, **options.get(n, {})) for n in names]
     for model_spec in spec.models:
         adapter = load_model(model_spec.backend, **model_spec.args)
         try:

@@ -30,6 +30,9 @@ def why_tables(rows: list[dict]) -> list[Table]:
     decay = [r for r in measured if r["diagnostic"] == "state_decay"]
     if decay:
         tables.append(decay_table(decay))
+    position = [r for r in measured if r["diagnostic"] == "position_loss"]
+    if position:
+        tables.append(position_loss_table(position))
     skipped = sorted({(r["model"], r["diagnostic"], r["skipped"]) for r in rows if "skipped" in r})
     if skipped:
         tables.append(Table("why_skipped", "diagnostics that do not apply, and why", ["model", "diagnostic", "reason"],
@@ -151,4 +154,27 @@ def decay_table(rows: list[dict]) -> Table:
         tokens = sorted(r["memory_tokens"] for r in mine)
         longest = max(r.get("longest_memory_tokens", r["memory_tokens"]) for r in mine)
         t.rows.append([model, str(layer), f"{tokens[len(tokens) // 2]:.1f}", f"{longest:.1f}"])
+    return t
+
+
+def position_loss_table(rows: list[dict]) -> Table:
+    """Per model: the mean next-token loss on the essays in the first position bucket, over the
+    buckets within the training length, over those beyond it, and in the last bucket."""
+    t = Table("why_position_loss", "loss by position on long natural text (the essays): mean next-token loss",
+              ["model", "positions", "training length", "first bucket", "within training", "beyond training",
+               "last bucket"])
+    by_model: dict[str, list[dict]] = defaultdict(list)
+    for r in rows:
+        by_model[r["model"]].append(r)
+    for model, mine in sorted(by_model.items()):
+        mine.sort(key=lambda r: r["from_position"])
+
+        def mean(part):
+            tokens = sum(r["tokens"] for r in part)
+            return f"{sum(r['mean_loss'] * r['tokens'] for r in part) / tokens:.3f}" if tokens else "-"
+
+        train = mine[0]["train_length"]
+        t.rows.append([model, f"1-{mine[-1]['to_position']}", fmt_length(train) if train else "-",
+                       f"{mine[0]['mean_loss']:.3f}", mean([r for r in mine if not r["beyond_train"]]),
+                       mean([r for r in mine if r["beyond_train"]]), f"{mine[-1]['mean_loss']:.3f}"])
     return t
