@@ -137,8 +137,11 @@ def eval_run_spec(spec: LabSpec, name: str, mdir: Path):
 
 
 def _evaluate(spec: LabSpec, name: str, mdir: Path, emit) -> None:
+    import dataclasses
+
     from ..runner import run
     from ..store import RunStore
+    from ..why.run import run_why
 
     run_spec = eval_run_spec(spec, name, mdir)
     db = Path(run_spec.db)
@@ -153,8 +156,16 @@ def _evaluate(spec: LabSpec, name: str, mdir: Path, emit) -> None:
     try:
         store.bind(run_spec.to_json(), run_spec.identity())
         run(run_spec, store, progress=lambda model, label, n: emit("eval", n, label))
+        # The evidence beside the accuracy (longctx why): needle attention for the attention
+        # families, state statistics for the recurrent ones, the rotary table; on each cell's
+        # first samples (the same samples as the evaluation's).
+        run_why(dataclasses.replace(run_spec, samples=min(run_spec.samples, WHY_SAMPLES)), store, LAB_DIAGNOSTICS)
     finally:
         store.close()
+
+
+WHY_SAMPLES = 2
+LAB_DIAGNOSTICS = ("attention", "state", "state_decay", "rope")
 
 
 def eval_total(spec: LabSpec) -> int:
