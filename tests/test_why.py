@@ -348,3 +348,28 @@ def test_position_loss_buckets_and_skips(bpe, tmp_path, data_dir):
     assert [r["beyond_train"] for r in rows] == [r["from_position"] > 256 for r in rows]
     missing = PositionLoss(data=DataPaths(tmp_path / "no-data")).skip_reason(adapter)
     assert "essays not found" in missing and "longctx data download" in missing
+
+
+def test_rwkv_has_no_attention_to_measure(bpe, tmp_path):
+    """RWKV's config has no attention heads (its "attention" is a linear recurrence): every
+    diagnostic that needs attention or a rotary embedding skips it with a reason (the lab demo
+    evaluates an RWKV)."""
+    from longctx.why.retrieval import RetrievalHeads
+
+    rwkv = tiny_adapter("rwkv", bpe, tmp_path)
+    assert NeedleAttention().skip_reason(rwkv, sample()) == "the model has no attention layer"
+    assert RetrievalHeads().skip_reason(rwkv) == "the model has no attention layer"
+    assert RotaryGeometry().skip_reason(rwkv) == "the model has no rotary position embedding"
+
+
+def test_a_local_layers_row_covers_only_its_window():
+    """A sliding-window layer returns the weights of its window's positions only (the latest): a
+    needle before the window gets no mass there, one inside gets its own columns."""
+    from longctx.why.attention import head_rows
+
+    sequence = list(range(10))
+    weights = torch.zeros(1, 1, 1, 4)  # positions 6..9
+    weights[0, 0, 0, 1] = 1.0  # position 7
+    assert head_rows([weights], [2, 3], sequence, 0, "last")[0]["needle_mass"] == 0.0
+    row = head_rows([weights], [7], sequence, 7, "last")[0]
+    assert (row["needle_mass"], row["copies"]) == (1.0, 1)

@@ -110,10 +110,12 @@ def head_rows(attentions, needle: list[int], sequence: list[int], generated: int
     """One row per layer and head. `copies`: the head's most attended position lies in the needle
     and holds the token this step generates (Wu et al. 2024's copy event)."""
     out, inside = [], set(needle)
-    for layer, weights in enumerate(attentions):  # [1, heads, 1, seen]
+    for layer, weights in enumerate(attentions):  # [1, heads, 1, seen], or the window's last columns
         row = weights[0, :, -1]
-        mass = row[:, needle].sum(-1).tolist()
-        top = row.argmax(-1).tolist()
+        offset = len(sequence) - row.shape[-1]  # a local layer sees only its window: the latest positions
+        seen = [t - offset for t in needle if t >= offset]
+        mass = row[:, seen].sum(-1).tolist() if seen else [0.0] * row.shape[0]
+        top = (row.argmax(-1) + offset).tolist()
         for head, value in enumerate(mass):
             at = top[head]
             out.append({"query": query, "layer": layer, "head": head, "needle_mass": round(value, 6),
@@ -145,7 +147,10 @@ def needle_spans(tokenizer, sample: Sample) -> list[tuple[int, int]]:
 
 
 def attention_layers(model) -> list:
-    """The modules that compute attention the model's attention implementation dispatches to."""
+    """The modules that compute softmax attention the model's attention implementation dispatches to
+    (none in a model whose config has no attention heads: RWKV's "attention" is a linear recurrence)."""
+    if not isinstance(getattr(model.config, "num_attention_heads", None), int):
+        return []
     return [m for m in model.modules() if type(m).__name__.endswith("Attention") and hasattr(m, "config")]
 
 
