@@ -154,18 +154,31 @@ def cmd_generate(args) -> int:
     return 0
 
 
-def cmd_run(args) -> int:
+def _spec_plan_db(args):
+    """The spec of `run` and `why` (with --data-dir and the --key=value overrides), its plan and
+    its run database's path."""
     from .config import load_spec
-    from .files import exclusive_lock
-    from .preflight import preflight
-    from .runner import describe, plan
-    from .store import RunStore
+    from .runner import plan
 
     spec = load_spec(args.spec, args.overrides)
     if args.data_dir:
         spec = dataclasses.replace(spec, data_dir=args.data_dir)
-    db_path = Path(args.db) if args.db else spec.db_path
-    p = plan(spec)
+    return spec, plan(spec), Path(args.db) if args.db else spec.db_path
+
+
+def _database_lock(db_path: Path):
+    """The lock one longctx process at a time holds on a run database (files.exclusive_lock)."""
+    from .files import exclusive_lock
+
+    return exclusive_lock(db_path.with_name(db_path.name + ".lock"), f"the run database {db_path}")
+
+
+def cmd_run(args) -> int:
+    from .preflight import preflight
+    from .runner import describe
+    from .store import RunStore
+
+    spec, p, db_path = _spec_plan_db(args)
     if args.dry_run:
         store = RunStore(db_path, mode="read") if db_path.exists() else None
         print(describe(p, store, probe=not args.no_probe))
@@ -175,7 +188,7 @@ def cmd_run(args) -> int:
         from .runner_ray import check_address
 
         check_address(args.address)
-    with exclusive_lock(db_path.with_name(db_path.name + ".lock"), f"the run database {db_path}"):
+    with _database_lock(db_path):
         return _run_locked(args, spec, p, db_path)
 
 
@@ -229,25 +242,19 @@ def _run_locked(args, spec, p, db_path) -> int:
 def cmd_why(args) -> int:
     from rich.console import Console
 
-    from .config import load_spec
-    from .files import exclusive_lock
     from .preflight import preflight
-    from .runner import claim, plan
+    from .runner import claim
     from .store import RunStore
     from .why import DIAGNOSTICS
     from .why.run import DEFAULT, run_why, write_csvs
 
-    spec = load_spec(args.spec, args.overrides)
-    if args.data_dir:
-        spec = dataclasses.replace(spec, data_dir=args.data_dir)
+    spec, p, db_path = _spec_plan_db(args)
     names = spec.diagnostics or DEFAULT
     if bad := [n for n in names if n not in DIAGNOSTICS]:
         raise UsageError(f"unknown diagnostic {bad[0]!r}; known: {', '.join(DIAGNOSTICS)}")
-    db_path = Path(args.db) if args.db else spec.db_path
-    p = plan(spec)
     preflight(spec, p.tasks, db_path)
     console = Console(stderr=True)
-    with exclusive_lock(db_path.with_name(db_path.name + ".lock"), f"the run database {db_path}"):
+    with _database_lock(db_path):
         store = RunStore(db_path)
         try:
             claim(store, spec, p.tasks)  # the run's samples: a spec of another run is refused

@@ -73,7 +73,7 @@ def describe(p: Plan, store: RunStore | None, probe: bool = False) -> str:
              f"{p.samples} samples, {store.prediction_count() if store else 0} done"]
     per_model = p.samples // max(len(p.spec.models), 1)
     for m in p.spec.models:
-        done = store.predictions_of(m.name) if store else 0
+        done = store.prediction_count(m.name) if store else 0
         tokens = p.prompt_tokens // max(len(p.spec.models), 1) * max(per_model - done, 0) // max(per_model, 1)
         rate, how = (store.throughput(m.name), "measured in this run") if store else (None, "")
         if rate is None and probe and tokens:

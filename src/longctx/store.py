@@ -214,16 +214,20 @@ class RunStore:
                      "depth": depth, **row} for row in json.loads(rows)]
         return out
 
-    def prediction_count(self) -> int:
-        return self.db.execute("SELECT COUNT(*) FROM predictions").fetchone()[0]
+    def prediction_count(self, model: str | None = None) -> int:
+        """Predictions stored, of one model or of all."""
+        if model is None:
+            return self.db.execute("SELECT COUNT(*) FROM predictions").fetchone()[0]
+        return self.db.execute("SELECT COUNT(*) FROM predictions WHERE model = ?", (model,)).fetchone()[0]
 
     def results(self) -> list[dict]:
-        """One row per prediction, joined with its sample and score."""
+        """One row per prediction, joined with its sample (targets, as JSON), its score and the
+        prompt the run kept for it (`add_examples`; None for most)."""
         cur = self.db.execute(
             "SELECT p.model, s.task, s.length, s.idx, p.sample_id, p.text, p.prompt_tokens, p.output_tokens, "
-            "p.seconds, p.error, sc.score, s.meta FROM predictions p "
+            "p.seconds, p.error, sc.score, s.meta, s.targets, e.prompt AS kept_prompt FROM predictions p "
             "JOIN samples s USING (model, sample_id) LEFT JOIN scores sc USING (model, sample_id) "
-            "ORDER BY p.model, s.task, s.length, s.idx")
+            "LEFT JOIN examples e USING (model, sample_id) ORDER BY p.model, s.task, s.length, s.idx")
         names = [d[0] for d in cur.description]
         return [dict(zip(names, row)) for row in cur]
 
@@ -233,9 +237,6 @@ class RunStore:
             "SELECT SUM(prompt_tokens), SUM(seconds) FROM predictions WHERE error IS NULL AND model = ?",
             (model,)).fetchone()
         return tokens / seconds if tokens and seconds else None
-
-    def predictions_of(self, model: str) -> int:
-        return self.db.execute("SELECT COUNT(*) FROM predictions WHERE model = ?", (model,)).fetchone()[0]
 
 
 class _Transaction:

@@ -9,7 +9,7 @@ from ..files import staged_folder
 from .depth import depth_summary_table
 from .figures import depth_heatmaps, length_curves, task_multiples
 from .html import write_html
-from .rows import load_diagnostics, load_rows, spec_model_order
+from .rows import load_rows, load_runs
 from .tables import build_tables, group_table, interval_table, paired_table, write_tables
 
 # What a report folder holds (the lab adds lab.md): only these may be replaced by a new report.
@@ -21,7 +21,8 @@ def make_report(db_paths, out: Path, reference: bool = False, threshold: float =
     """Tables, figures and report.html of the runs, written to a fresh folder that then replaces
     `out` whole; `lead_tables` and `extra_figures` (the lab's) come first in the page. The paired
     comparison is against `baseline`, by default the first model the first run's spec lists."""
-    rows, info = load_rows(db_paths)
+    runs = load_runs(db_paths)
+    rows, info = runs.rows, runs.info
     models = {r["model"] for r in rows}
     with staged_folder(out, REPORT_NAMES) as stage:
         tables = list(lead_tables) + build_tables(rows, info, reference=reference, threshold=threshold) + \
@@ -30,10 +31,9 @@ def make_report(db_paths, out: Path, reference: bool = False, threshold: float =
             tables.append(group_table(rows, list(keys)))
         from ..why.summary import why_tables
 
-        tables += why_tables(load_diagnostics(db_paths))
+        tables += why_tables(runs.diagnostics)
         if len(models) > 1:
-            tables.append(paired_table(rows, baseline or next((m for m in spec_model_order(db_paths) if m in models),
-                                                     min(models))))
+            tables.append(paired_table(rows, baseline or next((m for m in runs.order if m in models), min(models))))
         write_tables(tables, stage / "tables")
         (stage / "figures").mkdir()
         lead = [Path(shutil.copy2(p, stage / "figures" / Path(p).name)) for p in extra_figures]

@@ -13,9 +13,7 @@ from __future__ import annotations
 import html
 import json
 import re
-import sqlite3
 from collections import defaultdict
-from pathlib import Path
 
 # A page must stay openable: beyond this many predictions, wrong and failed ones are kept first.
 MAX_ROWS = 20000
@@ -108,33 +106,15 @@ def explorer_html(rows: list[dict]) -> str:
 
 def _data(rows: list[dict]) -> dict:
     kept = sorted(rows, key=lambda r: {"failed": 0, "wrong": 1, "right": 2}[verdict(r)])[:MAX_ROWS]
-    stored = _stored(kept)
-    prompts, index, out = [], {}, []
+    prompts, out = [], []
     for r in sorted(kept, key=lambda r: (r["model"], r["task"], r["length"], r["idx"])):
-        targets, prompt = stored.get((r["run"], r["model_in_run"], r["sample_id"]), ([], None))
-        if prompt is not None and (r["run"], r["sample_id"], r["model_in_run"]) not in index:
-            index[(r["run"], r["sample_id"], r["model_in_run"])] = len(prompts)
-            prompts.append(prompt)
+        if r["kept_prompt"] is not None:
+            prompts.append(r["kept_prompt"])
         out.append({"m": r["model"], "t": r["task"], "n": r["length"], "d": "-" if r["depth"] is None else r["depth"],
                     "i": r["idx"], "s": "-" if r["score"] is None else round(100 * r["score"], 1), "v": verdict(r),
-                    "e": r["error"], "o": (r["text"] or "")[:MAX_OUTPUT_CHARS], "g": targets,
-                    "p": index.get((r["run"], r["sample_id"], r["model_in_run"]), -1)})
+                    "e": r["error"], "o": (r["text"] or "")[:MAX_OUTPUT_CHARS], "g": r["targets"],
+                    "p": len(prompts) - 1 if r["kept_prompt"] is not None else -1})
     return {"rows": out, "prompts": prompts, "truncated": len(rows) - len(kept)}
-
-
-def _stored(rows: list[dict]) -> dict[tuple, tuple[list[str], str | None]]:
-    """(run, model, sample id) -> (targets, the kept prompt or None), read-only from each run."""
-    out = {}
-    for run in sorted({r["run"] for r in rows}):
-        con = sqlite3.connect(f"file:{Path(run).resolve()}?mode=ro", uri=True)
-        try:
-            for model, sid, targets, prompt in con.execute(
-                    "SELECT s.model, s.sample_id, s.targets, e.prompt FROM samples s "
-                    "LEFT JOIN examples e USING (model, sample_id)"):
-                out[(run, model, sid)] = (json.loads(targets), prompt)
-        finally:
-            con.close()
-    return out
 
 
 def failures_html(rows: list[dict], examples: int = 5) -> str:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import UsageError
@@ -34,71 +35,58 @@ def ruler_task(task: str) -> str | None:
     return base if base in RULER_TASKS and set(task_params(task)) <= PLACEMENT_PARAMS else None
 
 
-def load_rows(db_paths) -> tuple[list[dict], dict[str, dict]]:
-    """Every prediction of the runs, with base task, RULER task, depth and format columns; and
-    model info. A database given twice is refused; models of different runs that share a name
-    are told apart by their run's name ("run/model")."""
+@dataclass
+class Runs:
+    """What a report reads from its runs, each database opened once, read-only."""
+    rows: list[dict]  # every prediction, with the grouping columns (`load_rows`)
+    info: dict[str, dict]  # model -> what the run recorded of it
+    order: list[str]  # the models in the order the runs' specs list them (the default baseline first)
+    diagnostics: list[dict]  # every `longctx why` row
+
+
+def load_runs(db_paths) -> Runs:
+    """The runs' predictions, model info, model order and diagnostics. A database given twice is
+    refused; models of different runs that share a name are told apart by their run's name
+    ("run/model"), the same way in every part."""
     from ..store import RunStore
 
     paths = [Path(p) for p in db_paths]
     _refuse_repeats(paths)
-    labels = _run_labels(paths)
-    per_run = []
-    for path in paths:
-        store = RunStore(path, mode="read")
-        try:
-            per_run.append((path, store.results(), store.model_info()))
-        finally:
-            store.close()
-    shared = _shared_model_names([{r["model"] for r in results} | set(info) for _, results, info in per_run])
-    rows, info = [], {}
-    for path, results, model_info in per_run:
-        name = (lambda m, label=labels[path]: f"{label}/{m}" if m in shared else m)
-        for r in results:
-            meta = json.loads(r["meta"])
-            params = meta.get("params", {})
-            rows.append(r | {"model": name(r["model"]), "model_in_run": r["model"], "base_task": r["task"].split(":")[0],
-                             "ruler_task": ruler_task(r["task"]), "depth": params.get("depth"), "run": str(path),
-                             **{k: meta.get(k, params.get(k)) for k in GROUP_COLUMNS}})
-        info |= {name(m): v for m, v in model_info.items()}
-    return rows, info
-
-
-def load_diagnostics(db_paths) -> list[dict]:
-    """Every diagnostic row of the runs (`longctx why`), models named as `load_rows` names them."""
-    from ..store import RunStore
-
-    paths = [Path(p) for p in db_paths]
-    labels, per_run = _run_labels(paths), []
-    for path in paths:
-        store = RunStore(path, mode="read")
-        try:
-            per_run.append((path, store.diagnostics(), {r["model"] for r in store.results()} | set(store.model_info())))
-        finally:
-            store.close()
-    shared = _shared_model_names([models for _, _, models in per_run])
-    return [r | {"model": f"{labels[path]}/{r['model']}" if r["model"] in shared else r["model"]}
-            for path, rows, _ in per_run for r in rows]
-
-
-def spec_model_order(db_paths) -> list[str]:
-    """The models in the order the runs' specs list them (the first is the default baseline),
-    named as `load_rows` names them."""
-    from ..store import RunStore
-
-    paths = [Path(p) for p in db_paths]
-    labels = _run_labels(paths)
-    listed = []
+    read = []
     for path in paths:
         store = RunStore(path, mode="read")
         try:
             spec = json.loads(store.meta("spec") or "{}")
-            models = [m["name"] for m in spec.get("models", []) if isinstance(m, dict) and "name" in m]
-            listed.append((path, models or sorted({r["model"] for r in store.results()})))
+            listed = [m["name"] for m in spec.get("models", []) if isinstance(m, dict) and "name" in m]
+            read.append((path, store.results(), store.model_info(), listed, store.diagnostics()))
         finally:
             store.close()
-    shared = _shared_model_names([set(models) for _, models in listed])
-    return [f"{labels[path]}/{m}" if m in shared else m for path, models in listed for m in models]
+    labels = _run_labels(paths)
+    shared = _shared_model_names([{r["model"] for r in results} | set(info) | set(listed)
+                                  for _, results, info, listed, _ in read])
+    runs = Runs([], {}, [], [])
+    for path, results, info, listed, diagnostics in read:
+        name = (lambda m, label=labels[path]: f"{label}/{m}" if m in shared else m)
+        runs.rows += [_row(r, name(r["model"]), path) for r in results]
+        runs.info |= {name(m): v for m, v in info.items()}
+        runs.order += [name(m) for m in listed or sorted({r["model"] for r in results})]
+        runs.diagnostics += [r | {"model": name(r["model"])} for r in diagnostics]
+    return runs
+
+
+def load_rows(db_paths) -> tuple[list[dict], dict[str, dict]]:
+    """Every prediction of the runs, with base task, RULER task, depth and format columns; and
+    model info (`load_runs`)."""
+    runs = load_runs(db_paths)
+    return runs.rows, runs.info
+
+
+def _row(result: dict, model: str, path: Path) -> dict:
+    meta = json.loads(result["meta"])
+    params = meta.get("params", {})
+    return result | {"model": model, "base_task": result["task"].split(":")[0], "ruler_task": ruler_task(result["task"]),
+                     "depth": params.get("depth"), "run": str(path), "targets": json.loads(result["targets"]),
+                     **{k: meta.get(k, params.get(k)) for k in GROUP_COLUMNS}}
 
 
 def _refuse_repeats(paths: list[Path]) -> None:
