@@ -78,8 +78,8 @@ def attention_steps(adapter, sample: Sample, answer_tokens: int):
 
 def needed_bytes(model, positions: int) -> int:
     """About what the prefill needs at `positions` tokens: the keys and values of every layer (the
-    cache), twice over for the activations beside them (at 16K tokens SmolLM2-135M grew 1.9 GB
-    where its cache is 0.75 GB: benchmarks/why.py), and the MLP's widest activation four times."""
+    cache), twice over for the activations beside them, and the MLP's widest activation four
+    times: above what benchmarks/why.py measures (benchmarks/README.md), so a refusal is safe."""
     import torch
 
     config = model.config
