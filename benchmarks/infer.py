@@ -91,10 +91,10 @@ def naive_decoding(kwargs) -> bool:
 
 
 def backend_decoding(kwargs) -> bool:
-    """The backend prefills each prompt alone; its decode steps set the rows' ends (kv_cache.ROW_ENDS)."""
-    from longctx.models.kv_cache import ROW_ENDS
+    """The backend prefills each prompt alone; its decode steps run as a step of rows (kv_cache.ROW_STEP)."""
+    from longctx.models.kv_cache import ROW_STEP
 
-    return ROW_ENDS.get() is not None
+    return ROW_STEP.get() is not None
 
 
 def shared_fraction(model, samples) -> float:
